@@ -22,7 +22,9 @@ use crate::clock::{has_expired, Clock};
 use crate::crypto::{ct_eq, hash, mac, xaead_open, xaead_seal, KEY_LEN, MAC_LEN, XNONCE_LEN};
 use crate::error::{Error, Result};
 use crate::keys::PublicKey;
-use crate::messages::{mac_offsets, message_type, CookieReply, COOKIE_REPLY_LEN, TYPE_INITIATION, TYPE_RESPONSE};
+use crate::messages::{
+    mac_offsets, message_type, CookieReply, COOKIE_REPLY_LEN, TYPE_INITIATION, TYPE_RESPONSE,
+};
 
 pub const COOKIE_SECRET_MAX_AGE: Duration = Duration::from_secs(120);
 pub const COOKIE_SECRET_LATENCY: Duration = Duration::from_secs(5);
@@ -90,7 +92,9 @@ impl CookieChecker {
 
     fn cookie_for(&mut self, src: &SocketAddr) -> [u8; MAC_LEN] {
         let now = self.clock.now();
-        let stale = self.secret_birth.is_none_or(|b| has_expired(b, COOKIE_SECRET_MAX_AGE, now));
+        let stale = self
+            .secret_birth
+            .is_none_or(|b| has_expired(b, COOKIE_SECRET_MAX_AGE, now));
         if stale {
             OsRng.fill_bytes(&mut self.secret[..]);
             self.secret_birth = Some(now);
@@ -117,7 +121,12 @@ impl CookieChecker {
         let sealed = xaead_seal(&self.cookie_key, &nonce, &cookie, &msg[m1..m2])?;
         let mut encrypted_cookie = [0u8; MAC_LEN + crate::crypto::TAG_LEN];
         encrypted_cookie.copy_from_slice(&sealed);
-        Ok(CookieReply { receiver: u32::from_le_bytes(sender), nonce, encrypted_cookie }.to_bytes())
+        Ok(CookieReply {
+            receiver: u32::from_le_bytes(sender),
+            nonce,
+            encrypted_cookie,
+        }
+        .to_bytes())
     }
 }
 
@@ -132,7 +141,12 @@ pub struct CookieJar {
 
 impl CookieJar {
     pub fn new(remote: &PublicKey) -> Self {
-        Self { mac1_key: mac1_key(remote), cookie_key: cookie_key(remote), last_mac1: None, cookie: None }
+        Self {
+            mac1_key: mac1_key(remote),
+            cookie_key: cookie_key(remote),
+            last_mac1: None,
+            cookie: None,
+        }
     }
 
     /// Fills in mac1 and mac2 of a type 1 or 2 message we are about to send.
@@ -141,10 +155,9 @@ impl CookieJar {
         let mac1 = mac(&self.mac1_key, &[&msg[..m1]]);
         msg[m1..m2].copy_from_slice(&mac1);
         self.last_mac1 = Some(mac1);
-        let fresh = self
-            .cookie
-            .as_ref()
-            .filter(|(_, birth)| !has_expired(*birth, COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY, now));
+        let fresh = self.cookie.as_ref().filter(|(_, birth)| {
+            !has_expired(*birth, COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY, now)
+        });
         let mac2 = match fresh {
             Some((cookie, _)) => mac(&cookie[..], &[&msg[..m2]]),
             None => [0u8; MAC_LEN],
@@ -156,7 +169,12 @@ impl CookieJar {
     /// Stores the cookie from a reply to our last handshake message.
     pub fn consume_reply(&mut self, reply: &CookieReply, now: Duration) -> Result<()> {
         let aad = self.last_mac1.ok_or(Error::UnexpectedCookie)?;
-        let plain = xaead_open(&self.cookie_key, &reply.nonce, &reply.encrypted_cookie, &aad)?;
+        let plain = xaead_open(
+            &self.cookie_key,
+            &reply.nonce,
+            &reply.encrypted_cookie,
+            &aad,
+        )?;
         let mut cookie = Zeroizing::new([0u8; MAC_LEN]);
         cookie.copy_from_slice(&plain[..MAC_LEN]);
         self.cookie = Some((cookie, now));
@@ -166,9 +184,9 @@ impl CookieJar {
     }
 
     pub fn has_cookie(&self, now: Duration) -> bool {
-        self.cookie
-            .as_ref()
-            .is_some_and(|(_, b)| !has_expired(*b, COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY, now))
+        self.cookie.as_ref().is_some_and(|(_, b)| {
+            !has_expired(*b, COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY, now)
+        })
     }
 }
 
@@ -218,16 +236,27 @@ mod tests {
         assert_eq!(checker.verify_mac2(&m, &src), Ok(false));
         let reply = checker.create_reply(&m, &src).expect("reply");
         assert_eq!(&reply[..4], &[3, 0, 0, 0]);
-        assert_eq!(&reply[4..8], &0xabcdu32.to_le_bytes(), "answers the sender index");
+        assert_eq!(
+            &reply[4..8],
+            &0xabcdu32.to_le_bytes(),
+            "answers the sender index"
+        );
         let reply = CookieReply::parse(&reply).expect("parse");
         jar.consume_reply(&reply, clock.now()).expect("consume");
         // A second reply for the same mac1 is refused.
-        assert_eq!(jar.consume_reply(&reply, clock.now()), Err(Error::UnexpectedCookie));
+        assert_eq!(
+            jar.consume_reply(&reply, clock.now()),
+            Err(Error::UnexpectedCookie)
+        );
 
         let mut m2 = msg();
         jar.add_macs(&mut m2, clock.now()).expect("macs");
         assert_eq!(checker.verify_mac2(&m2, &src), Ok(true));
-        assert_eq!(checker.verify_mac2(&m2, &other_port), Ok(false), "the cookie binds the port");
+        assert_eq!(
+            checker.verify_mac2(&m2, &other_port),
+            Ok(false),
+            "the cookie binds the port"
+        );
 
         // Used for at most 115 s.
         manual.advance(Duration::from_secs(115));
@@ -249,14 +278,19 @@ mod tests {
         let mut jar = CookieJar::new(&responder);
         let mut m = msg();
         jar.add_macs(&mut m, clock.now()).expect("macs");
-        let reply = CookieReply::parse(&checker.create_reply(&m, &src).expect("reply")).expect("parse");
+        let reply =
+            CookieReply::parse(&checker.create_reply(&m, &src).expect("reply")).expect("parse");
         jar.consume_reply(&reply, clock.now()).expect("consume");
         manual.advance(Duration::from_secs(100));
         let mut m2 = msg();
         jar.add_macs(&mut m2, clock.now()).expect("macs");
         assert_eq!(checker.verify_mac2(&m2, &src), Ok(true));
         manual.advance(Duration::from_secs(21));
-        assert_eq!(checker.verify_mac2(&m2, &src), Ok(false), "secret replaced after 120 s");
+        assert_eq!(
+            checker.verify_mac2(&m2, &src),
+            Ok(false),
+            "secret replaced after 120 s"
+        );
     }
 
     #[test]
@@ -269,13 +303,23 @@ mod tests {
         jar.add_macs(&mut m, Duration::ZERO).expect("macs");
         let mut other = msg();
         other[50] = 1;
-        CookieJar::new(&responder).add_macs(&mut other, Duration::ZERO).expect("macs");
+        CookieJar::new(&responder)
+            .add_macs(&mut other, Duration::ZERO)
+            .expect("macs");
         let src: SocketAddr = "198.51.100.7:9".parse().expect("addr");
-        let reply = CookieReply::parse(&checker.create_reply(&other, &src).expect("reply")).expect("parse");
-        assert_eq!(jar.consume_reply(&reply, Duration::ZERO), Err(Error::Decrypt));
-        let mut tampered = CookieReply::parse(&checker.create_reply(&m, &src).expect("reply")).expect("parse");
+        let reply =
+            CookieReply::parse(&checker.create_reply(&other, &src).expect("reply")).expect("parse");
+        assert_eq!(
+            jar.consume_reply(&reply, Duration::ZERO),
+            Err(Error::Decrypt)
+        );
+        let mut tampered =
+            CookieReply::parse(&checker.create_reply(&m, &src).expect("reply")).expect("parse");
         tampered.encrypted_cookie[0] ^= 1;
-        assert_eq!(jar.consume_reply(&tampered, Duration::ZERO), Err(Error::Decrypt));
+        assert_eq!(
+            jar.consume_reply(&tampered, Duration::ZERO),
+            Err(Error::Decrypt)
+        );
     }
 
     #[test]
@@ -286,7 +330,11 @@ mod tests {
         let mut t = [0u8; 64];
         t[0] = 4;
         assert!(checker.verify_mac1(&t).is_err());
-        assert!(checker.create_reply(&t, &"192.0.2.1:1".parse().expect("addr")).is_err());
-        assert!(CookieJar::new(&responder).add_macs(&mut t, Duration::ZERO).is_err());
+        assert!(checker
+            .create_reply(&t, &"192.0.2.1:1".parse().expect("addr"))
+            .is_err());
+        assert!(CookieJar::new(&responder)
+            .add_macs(&mut t, Duration::ZERO)
+            .is_err());
     }
 }

@@ -124,33 +124,71 @@ pub fn aead_key(key: &[u8; KEY_LEN]) -> Result<LessSafeKey> {
 }
 
 /// Encrypts `buf[..len-16]` in place and writes the tag into the last 16 bytes.
-pub fn aead_seal_in_place(key: &LessSafeKey, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<()> {
-    let plain_len = buf.len().checked_sub(TAG_LEN).ok_or(Error::BufferTooSmall { needed: TAG_LEN, have: buf.len() })?;
+pub fn aead_seal_in_place(
+    key: &LessSafeKey,
+    counter: u64,
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<()> {
+    let plain_len = buf
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(Error::BufferTooSmall {
+            needed: TAG_LEN,
+            have: buf.len(),
+        })?;
     let (plain, tag_out) = buf.split_at_mut(plain_len);
-    let tag = key.seal_in_place_separate_tag(nonce(counter), Aad::from(aad), plain).map_err(|_| Error::Decrypt)?;
+    let tag = key
+        .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), plain)
+        .map_err(|_| Error::Decrypt)?;
     tag_out.copy_from_slice(tag.as_ref());
     Ok(())
 }
 
 /// Verifies and decrypts `buf` (ciphertext || tag) in place; returns the plaintext length.
-pub fn aead_open_in_place(key: &LessSafeKey, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<usize> {
-    key.open_in_place(nonce(counter), Aad::from(aad), buf).map(|p| p.len()).map_err(|_| Error::Decrypt)
+pub fn aead_open_in_place(
+    key: &LessSafeKey,
+    counter: u64,
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<usize> {
+    key.open_in_place(nonce(counter), Aad::from(aad), buf)
+        .map(|p| p.len())
+        .map_err(|_| Error::Decrypt)
 }
 
 /// One-shot AEAD used by the handshake: `out` receives plaintext || tag.
-pub fn aead_seal(key: &[u8; KEY_LEN], counter: u64, plaintext: &[u8], aad: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn aead_seal(
+    key: &[u8; KEY_LEN],
+    counter: u64,
+    plaintext: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let needed = plaintext.len() + TAG_LEN;
     if out.len() != needed {
-        return Err(Error::BufferTooSmall { needed, have: out.len() });
+        return Err(Error::BufferTooSmall {
+            needed,
+            have: out.len(),
+        });
     }
     out[..plaintext.len()].copy_from_slice(plaintext);
     aead_seal_in_place(&aead_key(key)?, counter, aad, out)
 }
 
 /// One-shot AEAD open used by the handshake: `out` receives the plaintext.
-pub fn aead_open(key: &[u8; KEY_LEN], counter: u64, ciphertext: &[u8], aad: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn aead_open(
+    key: &[u8; KEY_LEN],
+    counter: u64,
+    ciphertext: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     if ciphertext.len() != out.len() + TAG_LEN {
-        return Err(Error::BufferTooSmall { needed: ciphertext.len().saturating_sub(TAG_LEN), have: out.len() });
+        return Err(Error::BufferTooSmall {
+            needed: ciphertext.len().saturating_sub(TAG_LEN),
+            have: out.len(),
+        });
     }
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     aead_open_in_place(&aead_key(key)?, counter, aad, &mut buf)?;
@@ -159,21 +197,38 @@ pub fn aead_open(key: &[u8; KEY_LEN], counter: u64, ciphertext: &[u8], aad: &[u8
 }
 
 /// XChaCha20-Poly1305 seal: returns ciphertext || tag.
-pub fn xaead_seal(key: &[u8; KEY_LEN], nonce: &[u8; XNONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+pub fn xaead_seal(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; XNONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut buf = plaintext.to_vec();
-    let tag = cipher.encrypt_in_place_detached(nonce.into(), aad, &mut buf).map_err(|_| Error::Decrypt)?;
+    let tag = cipher
+        .encrypt_in_place_detached(nonce.into(), aad, &mut buf)
+        .map_err(|_| Error::Decrypt)?;
     buf.extend_from_slice(&tag);
     Ok(buf)
 }
 
 /// XChaCha20-Poly1305 open of ciphertext || tag.
-pub fn xaead_open(key: &[u8; KEY_LEN], nonce: &[u8; XNONCE_LEN], ciphertext: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let plain_len = ciphertext.len().checked_sub(TAG_LEN).ok_or(Error::Decrypt)?;
+pub fn xaead_open(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; XNONCE_LEN],
+    ciphertext: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    let plain_len = ciphertext
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(Error::Decrypt)?;
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut buf = Zeroizing::new(ciphertext[..plain_len].to_vec());
     let tag = chacha20poly1305::Tag::from_slice(&ciphertext[plain_len..]);
-    cipher.decrypt_in_place_detached(nonce.into(), aad, &mut buf, tag).map_err(|_| Error::Decrypt)?;
+    cipher
+        .decrypt_in_place_detached(nonce.into(), aad, &mut buf, tag)
+        .map_err(|_| Error::Decrypt)?;
     Ok(buf)
 }
 
@@ -199,14 +254,20 @@ mod tests {
 
     #[test]
     fn blake2s_rfc7693_abc() {
-        assert_eq!(hash(&[b"abc"]).to_vec(), h("508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982"));
+        assert_eq!(
+            hash(&[b"abc"]).to_vec(),
+            h("508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982")
+        );
         // Split input gives the same digest as contiguous input.
         assert_eq!(hash(&[b"a", b"bc"]), hash(&[b"abc"]));
     }
 
     #[test]
     fn blake2s_empty_unkeyed_kernel_selftest_first_vector() {
-        assert_eq!(hash(&[]).to_vec(), h("69217a3079908094e11121d042354a7c1f55b6482ca1a51e1b250dfd1ed0eef9"));
+        assert_eq!(
+            hash(&[]).to_vec(),
+            h("69217a3079908094e11121d042354a7c1f55b6482ca1a51e1b250dfd1ed0eef9")
+        );
     }
 
     #[test]
@@ -216,15 +277,24 @@ mod tests {
         let mut m = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(&key).expect("key");
         Mac::update(&mut m, b"");
         let out: [u8; 32] = m.finalize_fixed().into();
-        assert_eq!(out.to_vec(), h("48a8997da407876b3d79c0d92325ad3b89cbb754d86ab71aee047ad345fd2c49"));
+        assert_eq!(
+            out.to_vec(),
+            h("48a8997da407876b3d79c0d92325ad3b89cbb754d86ab71aee047ad345fd2c49")
+        );
     }
 
     #[test]
     fn construction_constants() {
         let ci = hash(&[b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"]);
-        assert_eq!(ci.to_vec(), h("60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36"));
+        assert_eq!(
+            ci.to_vec(),
+            h("60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36")
+        );
         let hi = hash(&[&ci, b"WireGuard v1 zx2c4 Jason@zx2c4.com"]);
-        assert_eq!(hi.to_vec(), h("2211b361081ac566691243db458ad5322d9c6c662293e8b70ee19c65ba079ef3"));
+        assert_eq!(
+            hi.to_vec(),
+            h("2211b361081ac566691243db458ad5322d9c6c662293e8b70ee19c65ba079ef3")
+        );
     }
 
     #[test]
@@ -278,10 +348,13 @@ mod tests {
         let key = ring::aead::LessSafeKey::new(
             ring::aead::UnboundKey::new(&CHACHA20_POLY1305, &seq(0x80, 32)).expect("key"),
         );
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(&h("070000004041424344454647")).expect("nonce");
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(&h("070000004041424344454647"))
+            .expect("nonce");
         let aad = h("50515253c0c1c2c3c4c5c6c7");
         let mut buf = LADIES.to_vec();
-        let tag = key.seal_in_place_separate_tag(nonce, Aad::from(&aad), &mut buf).expect("seal");
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(&aad), &mut buf)
+            .expect("seal");
         assert_eq!(buf, h("d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116"));
         assert_eq!(tag.as_ref().to_vec(), h("1ae10b594f09e26a7e902ecbd0600691"));
     }
@@ -294,18 +367,29 @@ mod tests {
         assert_eq!(out.to_vec(), h("f072ad3c073a98ba24da8ee143ad5832"));
         let mut plain = [0u8; 0];
         aead_open(&[0u8; 32], 1, &out, &[], &mut plain).expect("open");
-        assert_eq!(aead_open(&[0u8; 32], 2, &out, &[], &mut plain), Err(Error::Decrypt));
+        assert_eq!(
+            aead_open(&[0u8; 32], 2, &out, &[], &mut plain),
+            Err(Error::Decrypt)
+        );
     }
 
     #[test]
     fn xchacha20poly1305_draft_a_3_1() {
         let key: [u8; 32] = seq(0x80, 32).try_into().expect("32");
-        let nonce: [u8; 24] = h("404142434445464748494a4b4c4d4e4f5051525354555657").try_into().expect("24");
+        let nonce: [u8; 24] = h("404142434445464748494a4b4c4d4e4f5051525354555657")
+            .try_into()
+            .expect("24");
         let aad = h("50515253c0c1c2c3c4c5c6c7");
         let ct = xaead_seal(&key, &nonce, LADIES, &aad).expect("seal");
         assert_eq!(ct[..16].to_vec(), h("bd6d179d3e83d43b9576579493c0e939"));
-        assert_eq!(ct[ct.len() - 16..].to_vec(), h("c0875924c1c7987947deafd8780acf49"));
-        assert_eq!(&xaead_open(&key, &nonce, &ct, &aad).expect("open")[..], LADIES);
+        assert_eq!(
+            ct[ct.len() - 16..].to_vec(),
+            h("c0875924c1c7987947deafd8780acf49")
+        );
+        assert_eq!(
+            &xaead_open(&key, &nonce, &ct, &aad).expect("open")[..],
+            LADIES
+        );
         let mut bad = ct.clone();
         bad[3] ^= 1;
         assert!(xaead_open(&key, &nonce, &bad, &aad).is_err());

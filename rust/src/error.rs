@@ -39,6 +39,8 @@ pub enum Error {
     BufferTooSmall { needed: usize, have: usize },
     #[error("no cookie reply is expected for this handshake")]
     UnexpectedCookie,
+    #[error("invalid prefix length /{cidr}: at most {max} for this address family")]
+    InvalidPrefix { cidr: u8, max: u8 },
 }
 
 pub type Result<T> = core::result::Result<T, Error>;

@@ -21,7 +21,9 @@ const BASE64_LEN: usize = 44;
 
 fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>> {
     if text.len() != BASE64_LEN || !text.ends_with('=') {
-        return Err(Error::InvalidKey("a key is 44 characters of base64 ending in '='"));
+        return Err(Error::InvalidKey(
+            "a key is 44 characters of base64 ending in '='",
+        ));
     }
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     match STANDARD.decode_slice(text.as_bytes(), &mut out[..]) {
@@ -112,7 +114,9 @@ impl PrivateKey {
 
     /// X25519(self, peer), rejecting the all-zero result.
     pub fn dh(&self, peer: &PublicKey) -> Result<Secret> {
-        let shared = self.secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
+        let shared = self
+            .secret
+            .diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
         if !shared.was_contributory() {
             return Err(Error::ZeroDh);
         }
@@ -184,10 +188,20 @@ mod tests {
 
     #[test]
     fn rfc7748_6_1_alice_and_bob() {
-        let alice = PrivateKey::from_bytes(h32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
-        let bob = PrivateKey::from_bytes(h32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
-        assert_eq!(alice.public_key().as_bytes(), &h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
-        assert_eq!(bob.public_key().as_bytes(), &h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+        let alice = PrivateKey::from_bytes(h32(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        ));
+        let bob = PrivateKey::from_bytes(h32(
+            "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+        ));
+        assert_eq!(
+            alice.public_key().as_bytes(),
+            &h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+        );
+        assert_eq!(
+            bob.public_key().as_bytes(),
+            &h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+        );
         let shared = h32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
         assert_eq!(*alice.dh(&bob.public_key()).expect("dh"), shared);
         assert_eq!(*bob.dh(&alice.public_key()).expect("dh"), shared);
@@ -209,7 +223,10 @@ mod tests {
         ];
         for (k, u, out) in cases {
             let key = PrivateKey::from_bytes(h32(k));
-            assert_eq!(*key.dh(&PublicKey::from_bytes(h32(u))).expect("dh"), h32(out));
+            assert_eq!(
+                *key.dh(&PublicKey::from_bytes(h32(u))).expect("dh"),
+                h32(out)
+            );
         }
     }
 
@@ -223,10 +240,16 @@ mod tests {
             u = k;
             k = r;
             if i == 1 {
-                assert_eq!(k, h32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"));
+                assert_eq!(
+                    k,
+                    h32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+                );
             }
         }
-        assert_eq!(k, h32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"));
+        assert_eq!(
+            k,
+            h32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+        );
     }
 
     #[test]
@@ -234,7 +257,9 @@ mod tests {
         let me = PrivateKey::generate();
         // The identity and a point of order 8 (from the Curve25519 low-order list).
         let zero = PublicKey::from_bytes([0u8; 32]);
-        let order8 = PublicKey::from_bytes(h32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"));
+        let order8 = PublicKey::from_bytes(h32(
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        ));
         assert_eq!(me.dh(&zero).err(), Some(Error::ZeroDh));
         assert_eq!(me.dh(&order8).err(), Some(Error::ZeroDh));
     }
@@ -254,13 +279,16 @@ mod tests {
         for bad in [
             "",
             "AAAA",
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",   // 43, no pad
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 43, no pad
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", // 45
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=",  // non-canonical trailing bits
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA*A=",  // bad character
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  // no pad
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=", // non-canonical trailing bits
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA*A=", // bad character
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // no pad
         ] {
-            assert!(PublicKey::from_base64(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                PublicKey::from_base64(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert!(PublicKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_ok());
     }
@@ -268,8 +296,12 @@ mod tests {
     #[test]
     fn wg_pubkey_known_answer() {
         // `wg pubkey` of the RFC 7748 Alice key, in base64 on both sides.
-        let alice = PrivateKey::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").expect("parse");
-        assert_eq!(alice.public_key().to_base64(), "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=");
+        let alice =
+            PrivateKey::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").expect("parse");
+        assert_eq!(
+            alice.public_key().to_base64(),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
     }
 
     #[test]

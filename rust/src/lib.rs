@@ -1,9 +1,11 @@
 //! wgpy's protocol core. Every module but this one is plain Rust; the PyO3
 //! bindings below are compiled only with the `python` feature.
 
+pub mod allowedips;
 pub mod clock;
 pub mod cookie;
 pub mod crypto;
+pub mod datapath;
 pub mod error;
 pub mod keys;
 pub mod messages;
@@ -30,6 +32,7 @@ mod python {
 
     use crate::clock::{Clock, ManualClock, SystemClock};
     use crate::cookie::CookieChecker as CoreCookieChecker;
+    use crate::datapath;
     use crate::error::Error;
     use crate::keys;
     use crate::messages;
@@ -37,14 +40,54 @@ mod python {
     use crate::session::{self, Keypair};
     use crate::tai64n::{Tai64N, TIMESTAMP_LEN};
 
-    create_exception!(_core, ProtocolError, PyValueError, "Base class of every error wgpy raises for bad protocol input.");
-    create_exception!(_core, MessageFormatError, ProtocolError, "A message has the wrong size, type or reserved bytes.");
-    create_exception!(_core, InvalidKeyError, ProtocolError, "A key is malformed or gives an all-zero Diffie-Hellman result.");
-    create_exception!(_core, AuthenticationError, ProtocolError, "A MAC or AEAD tag did not verify.");
-    create_exception!(_core, ReplayError, ProtocolError, "A counter or handshake timestamp was already seen.");
-    create_exception!(_core, RateLimitError, ProtocolError, "Handshake initiations from a peer arrive too fast.");
-    create_exception!(_core, HandshakeStateError, ProtocolError, "A message does not fit the handshake's state, index or peer.");
-    create_exception!(_core, SessionExpiredError, ProtocolError, "A keypair is too old or has used up its counters.");
+    create_exception!(
+        wgpy._core,
+        ProtocolError,
+        PyValueError,
+        "Base class of every error wgpy raises for bad protocol input."
+    );
+    create_exception!(
+        wgpy._core,
+        MessageFormatError,
+        ProtocolError,
+        "A message has the wrong size, type or reserved bytes."
+    );
+    create_exception!(
+        wgpy._core,
+        InvalidKeyError,
+        ProtocolError,
+        "A key is malformed or gives an all-zero Diffie-Hellman result."
+    );
+    create_exception!(
+        wgpy._core,
+        AuthenticationError,
+        ProtocolError,
+        "A MAC or AEAD tag did not verify."
+    );
+    create_exception!(
+        wgpy._core,
+        ReplayError,
+        ProtocolError,
+        "A counter or handshake timestamp was already seen."
+    );
+    create_exception!(
+        wgpy._core,
+        RateLimitError,
+        ProtocolError,
+        "Handshake initiations from a peer arrive too fast."
+    );
+    create_exception!(
+        wgpy._core,
+        HandshakeStateError,
+        ProtocolError,
+        "A message does not fit the handshake's state, index or peer."
+    );
+    create_exception!(
+        wgpy._core,
+        SessionExpiredError,
+        ProtocolError,
+        "A keypair is too old or has used up its counters."
+    );
 
     fn to_py(e: Error) -> PyErr {
         let msg = e.to_string();
@@ -54,10 +97,12 @@ mod python {
             Error::InvalidMac1 | Error::Decrypt => AuthenticationError::new_err(msg),
             Error::Replay | Error::ReplayedTimestamp => ReplayError::new_err(msg),
             Error::Flood => RateLimitError::new_err(msg),
-            Error::WrongPeer | Error::UnexpectedMessage | Error::IndexMismatch | Error::UnexpectedCookie => {
-                HandshakeStateError::new_err(msg)
-            }
+            Error::WrongPeer
+            | Error::UnexpectedMessage
+            | Error::IndexMismatch
+            | Error::UnexpectedCookie => HandshakeStateError::new_err(msg),
             Error::KeyExpired | Error::CounterExhausted => SessionExpiredError::new_err(msg),
+            Error::InvalidPrefix { .. } => ProtocolError::new_err(msg),
         }
     }
 
@@ -72,7 +117,8 @@ mod python {
     }
 
     fn key_bytes(b: &[u8]) -> PyResult<[u8; 32]> {
-        b.try_into().map_err(|_| InvalidKeyError::new_err(format!("a key is 32 bytes, got {}", b.len())))
+        b.try_into()
+            .map_err(|_| InvalidKeyError::new_err(format!("a key is 32 bytes, got {}", b.len())))
     }
 
     fn secs(d: Duration) -> f64 {
@@ -80,7 +126,9 @@ mod python {
     }
 
     fn duration(seconds: f64) -> PyResult<Duration> {
-        Duration::try_from_secs_f64(seconds).map_err(|_| PyValueError::new_err("time must be a finite, non-negative number of seconds"))
+        Duration::try_from_secs_f64(seconds).map_err(|_| {
+            PyValueError::new_err("time must be a finite, non-negative number of seconds")
+        })
     }
 
     fn system_clock() -> Arc<dyn Clock> {
@@ -98,7 +146,9 @@ mod python {
     fn socket_addr(addr: &Bound<'_, PyTuple>) -> PyResult<SocketAddr> {
         let host: String = addr.get_item(0)?.extract()?;
         let port: u16 = addr.get_item(1)?.extract()?;
-        let ip: IpAddr = host.parse().map_err(|_| PyValueError::new_err(format!("not an IP address: {host:?}")))?;
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("not an IP address: {host:?}")))?;
         Ok(SocketAddr::new(ip, port))
     }
 
@@ -215,7 +265,10 @@ mod python {
         #[new]
         #[pyo3(signature = (now=0.0, unix_time=1_700_000_000.0))]
         fn new(now: f64, unix_time: f64) -> PyResult<Self> {
-            Ok(Self(Arc::new(ManualClock::new(duration(now)?, duration(unix_time)?))))
+            Ok(Self(Arc::new(ManualClock::new(
+                duration(now)?,
+                duration(unix_time)?,
+            ))))
         }
 
         fn advance(&self, seconds: f64) -> PyResult<()> {
@@ -237,7 +290,11 @@ mod python {
         }
 
         fn __repr__(&self) -> String {
-            format!("ManualClock(now={}, unix_time={})", secs(self.0.now()), secs(self.0.unix_time()))
+            format!(
+                "ManualClock(now={}, unix_time={})",
+                secs(self.0.now()),
+                secs(self.0.unix_time())
+            )
         }
     }
 
@@ -249,11 +306,20 @@ mod python {
 
     impl PySession {
         fn wrap(keypair: Keypair, clock: Arc<dyn Clock>) -> Self {
-            Self { keypair: Arc::new(keypair), clock }
+            Self {
+                keypair: Arc::new(keypair),
+                clock,
+            }
         }
     }
 
-    fn encrypt_into<'py>(py: Python<'py>, kp: &Keypair, packet: &[u8], mtu: usize, now: Duration) -> PyResult<Bound<'py, PyBytes>> {
+    fn encrypt_into<'py>(
+        py: Python<'py>,
+        kp: &Keypair,
+        packet: &[u8],
+        mtu: usize,
+        now: Duration,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let n = session::encrypted_len(packet.len(), mtu);
         let mut failure = None;
         let out = PyBytes::new_with(py, n, |buf| {
@@ -313,7 +379,12 @@ mod python {
         }
 
         #[pyo3(signature = (packet, mtu=0))]
-        fn encrypt<'py>(&self, py: Python<'py>, packet: &[u8], mtu: usize) -> PyResult<Bound<'py, PyBytes>> {
+        fn encrypt<'py>(
+            &self,
+            py: Python<'py>,
+            packet: &[u8],
+            mtu: usize,
+        ) -> PyResult<Bound<'py, PyBytes>> {
             encrypt_into(py, &self.keypair, packet, mtu, self.clock.now())
         }
 
@@ -328,7 +399,12 @@ mod python {
 
         /// Encrypts each packet in order, without the GIL.
         #[pyo3(signature = (packets, mtu=0))]
-        fn encrypt_many<'py>(&self, py: Python<'py>, packets: Vec<Vec<u8>>, mtu: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        fn encrypt_many<'py>(
+            &self,
+            py: Python<'py>,
+            packets: Vec<Vec<u8>>,
+            mtu: usize,
+        ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
             let kp = self.keypair.clone();
             let now = self.clock.now();
             let out: Result<Vec<Vec<u8>>, Error> =
@@ -337,11 +413,18 @@ mod python {
         }
 
         /// Decrypts each message without the GIL; `None` marks a dropped one.
-        fn decrypt_many<'py>(&self, py: Python<'py>, messages: Vec<Vec<u8>>) -> Vec<Option<Bound<'py, PyBytes>>> {
+        fn decrypt_many<'py>(
+            &self,
+            py: Python<'py>,
+            messages: Vec<Vec<u8>>,
+        ) -> Vec<Option<Bound<'py, PyBytes>>> {
             let kp = self.keypair.clone();
             let now = self.clock.now();
-            let out: Vec<Option<Vec<u8>>> = py.allow_threads(move || messages.iter().map(|m| kp.decrypt(m, now).ok()).collect());
-            out.into_iter().map(|o| o.map(|p| PyBytes::new(py, &p))).collect()
+            let out: Vec<Option<Vec<u8>>> = py
+                .allow_threads(move || messages.iter().map(|m| kp.decrypt(m, now).ok()).collect());
+            out.into_iter()
+                .map(|o| o.map(|p| PyBytes::new(py, &p)))
+                .collect()
         }
 
         fn __repr__(&self) -> String {
@@ -349,7 +432,11 @@ mod python {
                 "Session(local_index={:#010x}, remote_index={:#010x}, initiator={})",
                 self.keypair.local_index,
                 self.keypair.remote_index,
-                if self.keypair.is_initiator { "True" } else { "False" }
+                if self.keypair.is_initiator {
+                    "True"
+                } else {
+                    "False"
+                }
             )
         }
     }
@@ -375,7 +462,11 @@ mod python {
         }
 
         fn __repr__(&self) -> String {
-            format!("Initiation(peer_public_key={}, sender_index={:#010x})", self.0.peer.to_base64(), self.0.sender)
+            format!(
+                "Initiation(peer_public_key={}, sender_index={:#010x})",
+                self.0.peer.to_base64(),
+                self.0.sender
+            )
         }
     }
 
@@ -392,7 +483,8 @@ mod python {
     }
 
     fn ephemeral_key(e: Option<PyRef<'_, PyPrivateKey>>) -> keys::PrivateKey {
-        e.map(|k| k.0.clone()).unwrap_or_else(keys::PrivateKey::generate)
+        e.map(|k| k.0.clone())
+            .unwrap_or_else(keys::PrivateKey::generate)
     }
 
     fn index_or_random(i: Option<u32>) -> u32 {
@@ -412,7 +504,10 @@ mod python {
             let clock = clock_of(clock);
             let identity = Arc::new(Identity::new(private_key.0.clone()));
             let psk = preshared_key.map(|k| k.0.clone());
-            Self { inner: noise::Handshake::new(identity, peer_public_key.0, psk, clock.clone()), clock }
+            Self {
+                inner: noise::Handshake::new(identity, peer_public_key.0, psk, clock.clone()),
+                clock,
+            }
         }
 
         #[getter]
@@ -437,7 +532,8 @@ mod python {
 
         #[pyo3(signature = (preshared_key=None))]
         fn set_preshared_key(&mut self, preshared_key: Option<PyRef<'_, PyPresharedKey>>) {
-            self.inner.set_preshared_key(preshared_key.map(|k| k.0.clone()));
+            self.inner
+                .set_preshared_key(preshared_key.map(|k| k.0.clone()));
         }
 
         fn clear(&mut self) {
@@ -453,12 +549,15 @@ mod python {
             timestamp: Option<&[u8]>,
         ) -> PyResult<Bound<'py, PyBytes>> {
             let ts = match timestamp {
-                Some(t) => Tai64N(
-                    t.try_into().map_err(|_| PyValueError::new_err(format!("a TAI64N timestamp is {TIMESTAMP_LEN} bytes")))?,
-                ),
+                Some(t) => Tai64N(t.try_into().map_err(|_| {
+                    PyValueError::new_err(format!("a TAI64N timestamp is {TIMESTAMP_LEN} bytes"))
+                })?),
                 None => Tai64N::from_unix(self.clock.unix_time()),
             };
-            let msg = self.inner.create_initiation_with(ephemeral_key(ephemeral), index_or_random(sender_index), ts).py_err()?;
+            let msg = self
+                .inner
+                .create_initiation_with(ephemeral_key(ephemeral), index_or_random(sender_index), ts)
+                .py_err()?;
             Ok(PyBytes::new(py, &msg))
         }
 
@@ -476,8 +575,14 @@ mod python {
             ephemeral: Option<PyRef<'_, PyPrivateKey>>,
         ) -> PyResult<(Bound<'py, PyBytes>, PySession)> {
             self.inner.consume_initiation(&initiation.0).py_err()?;
-            let (msg, kp) = self.inner.create_response_with(ephemeral_key(ephemeral), index_or_random(sender_index)).py_err()?;
-            Ok((PyBytes::new(py, &msg), PySession::wrap(kp, self.clock.clone())))
+            let (msg, kp) = self
+                .inner
+                .create_response_with(ephemeral_key(ephemeral), index_or_random(sender_index))
+                .py_err()?;
+            Ok((
+                PyBytes::new(py, &msg),
+                PySession::wrap(kp, self.clock.clone()),
+            ))
         }
 
         fn consume_cookie_reply(&mut self, message: &[u8]) -> PyResult<()> {
@@ -485,7 +590,10 @@ mod python {
         }
 
         fn __repr__(&self) -> String {
-            format!("Handshake(peer_public_key={})", self.inner.remote_public_key().to_base64())
+            format!(
+                "Handshake(peer_public_key={})",
+                self.inner.remote_public_key().to_base64()
+            )
         }
     }
 
@@ -516,9 +624,312 @@ mod python {
             }
         }
 
-        fn create_reply<'py>(&mut self, py: Python<'py>, message: &[u8], source: &Bound<'_, PyTuple>) -> PyResult<Bound<'py, PyBytes>> {
-            let reply = self.0.create_reply(message, &socket_addr(source)?).py_err()?;
+        fn create_reply<'py>(
+            &mut self,
+            py: Python<'py>,
+            message: &[u8],
+            source: &Bound<'_, PyTuple>,
+        ) -> PyResult<Bound<'py, PyBytes>> {
+            let reply = self
+                .0
+                .create_reply(message, &socket_addr(source)?)
+                .py_err()?;
             Ok(PyBytes::new(py, &reply))
+        }
+    }
+
+    type ActivityTuple = (u64, u64, f64, f64, f64, f64, f64, u64);
+
+    #[pyclass(module = "wgpy._core", name = "Datapath", frozen)]
+    struct PyDatapath(Arc<datapath::Datapath>);
+
+    fn addr_tuple<'py>(py: Python<'py>, a: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
+        (a.ip().to_string(), a.port()).into_pyobject(py)
+    }
+
+    fn ip_of(text: &str) -> PyResult<IpAddr> {
+        text.parse()
+            .map_err(|_| PyValueError::new_err(format!("not an IP address: {text:?}")))
+    }
+
+    fn ns_to_secs(ns: u64) -> f64 {
+        ns as f64 / 1e9
+    }
+
+    fn event_tuple<'py>(py: Python<'py>, e: datapath::Event) -> PyResult<Bound<'py, PyTuple>> {
+        use datapath::{Event as E, HandshakeReason as R};
+        Ok(match e {
+            E::Handshake {
+                message,
+                source,
+                local,
+            } => {
+                let local = local.map(|(ip, ifindex)| (ip.to_string(), ifindex));
+                (
+                    "handshake",
+                    PyBytes::new(py, &message),
+                    addr_tuple(py, &source)?,
+                    local,
+                )
+                    .into_pyobject(py)?
+            }
+            E::NeedHandshake { peer, reason } => {
+                let reason = match reason {
+                    R::NoKey => "no_key",
+                    R::RekeyOnSend => "rekey_on_send",
+                    R::RekeyOnReceive => "rekey_on_receive",
+                };
+                ("need_handshake", peer, reason).into_pyobject(py)?
+            }
+            E::KeyConfirmed { peer } => ("key_confirmed", peer).into_pyobject(py)?,
+            E::EndpointChanged { peer, endpoint } => {
+                ("endpoint", peer, addr_tuple(py, &endpoint)?).into_pyobject(py)?
+            }
+            E::Activity { peer } => ("activity", peer).into_pyobject(py)?,
+            E::TunClosed { error } => ("tun_closed", error).into_pyobject(py)?,
+            E::SocketError { error } => ("socket_error", error).into_pyobject(py)?,
+        })
+    }
+
+    #[pymethods]
+    impl PyDatapath {
+        #[new]
+        #[pyo3(signature = (tun_fd, mtu=1420))]
+        fn new(tun_fd: i32, mtu: usize) -> PyResult<Self> {
+            Ok(Self(Arc::new(datapath::Datapath::new(tun_fd, mtu)?)))
+        }
+
+        fn start(&self) -> PyResult<()> {
+            Ok(self.0.start()?)
+        }
+
+        fn stop(&self, py: Python<'_>) {
+            let dp = self.0.clone();
+            py.allow_threads(move || dp.stop());
+        }
+
+        fn set_sockets(&self, py: Python<'_>, fds: Vec<i32>) -> PyResult<()> {
+            let dp = self.0.clone();
+            Ok(py.allow_threads(move || dp.set_sockets(&fds))?)
+        }
+
+        #[getter]
+        fn event_fd(&self) -> i32 {
+            self.0.event_fd()
+        }
+
+        #[getter]
+        fn mtu(&self) -> usize {
+            self.0.mtu()
+        }
+
+        fn set_mtu(&self, mtu: usize) {
+            self.0.set_mtu(mtu);
+        }
+
+        #[pyo3(signature = (max=1024))]
+        fn take_events<'py>(
+            &self,
+            py: Python<'py>,
+            max: usize,
+        ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+            self.0
+                .take_events(max)
+                .into_iter()
+                .map(|e| event_tuple(py, e))
+                .collect()
+        }
+
+        #[getter]
+        fn handshake_backlog(&self) -> usize {
+            self.0.handshake_backlog()
+        }
+
+        /// (rx_dropped, tx_dropped, tx_no_route)
+        fn counters(&self) -> (u64, u64, u64) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = self.0.counters();
+            (
+                c.rx_dropped.load(Relaxed),
+                c.tx_dropped.load(Relaxed),
+                c.tx_no_route.load(Relaxed),
+            )
+        }
+
+        fn add_peer(&self, peer: u64) -> PyResult<()> {
+            Ok(self.0.add_peer(peer)?)
+        }
+
+        fn remove_peer(&self, peer: u64) -> PyResult<Vec<u32>> {
+            Ok(self.0.remove_peer(peer)?)
+        }
+
+        #[pyo3(signature = (peer, endpoint=None, local=None))]
+        fn set_endpoint(
+            &self,
+            peer: u64,
+            endpoint: Option<&Bound<'_, PyTuple>>,
+            local: Option<(String, u32)>,
+        ) -> PyResult<()> {
+            let addr = endpoint.map(socket_addr).transpose()?;
+            let src = local
+                .map(|(ip, ifindex)| ip_of(&ip).map(|ip| (ip, ifindex)))
+                .transpose()?;
+            Ok(self.0.set_endpoint(peer, addr, src)?)
+        }
+
+        fn endpoint<'py>(
+            &self,
+            py: Python<'py>,
+            peer: u64,
+        ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+            self.0
+                .endpoint(peer)?
+                .map(|e| addr_tuple(py, &e.addr))
+                .transpose()
+        }
+
+        fn endpoint_source(&self, peer: u64) -> PyResult<Option<String>> {
+            Ok(self
+                .0
+                .endpoint(peer)?
+                .and_then(|e| e.src)
+                .map(|(ip, _)| ip.to_string()))
+        }
+
+        fn clear_endpoint_source(&self, peer: u64) -> PyResult<()> {
+            Ok(self.0.clear_endpoint_source(peer)?)
+        }
+
+        fn install_keypair(&self, peer: u64, session: &PySession) -> PyResult<Vec<u32>> {
+            Ok(self.0.install_keypair(peer, session.keypair.clone())?)
+        }
+
+        fn expire_keypairs(&self, peer: u64) -> PyResult<()> {
+            Ok(self.0.expire_keypairs(peer)?)
+        }
+
+        fn clear_keypairs(&self, peer: u64) -> PyResult<Vec<u32>> {
+            Ok(self.0.clear_keypairs(peer)?)
+        }
+
+        fn has_sending_keypair(&self, peer: u64) -> PyResult<bool> {
+            Ok(self.0.has_sending_keypair(peer)?)
+        }
+
+        fn flush_staged(&self, py: Python<'_>, peer: u64) -> PyResult<usize> {
+            let dp = self.0.clone();
+            Ok(py.allow_threads(move || dp.flush_staged(peer))?)
+        }
+
+        fn purge_staged(&self, peer: u64) -> PyResult<usize> {
+            Ok(self.0.purge_staged(peer)?)
+        }
+
+        fn staged_count(&self, peer: u64) -> PyResult<usize> {
+            Ok(self.0.staged_count(peer)?)
+        }
+
+        fn send_keepalive(&self, peer: u64) -> PyResult<()> {
+            Ok(self.0.send_keepalive(peer)?)
+        }
+
+        fn send_handshake(&self, peer: u64, message: &[u8]) -> PyResult<()> {
+            Ok(self.0.send_handshake(peer, message)?)
+        }
+
+        #[pyo3(signature = (destination, message, local=None))]
+        fn send_to(
+            &self,
+            destination: &Bound<'_, PyTuple>,
+            message: &[u8],
+            local: Option<(String, u32)>,
+        ) -> PyResult<()> {
+            let src = local
+                .map(|(ip, ifindex)| ip_of(&ip).map(|ip| (ip, ifindex)))
+                .transpose()?;
+            Ok(self.0.send_to(socket_addr(destination)?, src, message)?)
+        }
+
+        fn note_handshake_received(&self, peer: u64, size: usize) -> PyResult<()> {
+            Ok(self.0.note_handshake_received(peer, size)?)
+        }
+
+        fn handshake_request_done(&self, peer: u64) -> PyResult<()> {
+            Ok(self.0.handshake_request_done(peer)?)
+        }
+
+        /// Byte counters and activity times (CLOCK_MONOTONIC seconds, 0.0 = never):
+        /// (tx_bytes, rx_bytes, last_tx_auth, last_rx_auth, first_tx_data_since_rx,
+        ///  first_rx_data_since_tx, last_rx_data, invalid_source)
+        fn activity(&self, peer: u64) -> PyResult<ActivityTuple> {
+            let a = self.0.activity(peer)?;
+            Ok((
+                a.tx_bytes,
+                a.rx_bytes,
+                ns_to_secs(a.last_tx_auth),
+                ns_to_secs(a.last_rx_auth),
+                ns_to_secs(a.first_tx_data_since_rx),
+                ns_to_secs(a.first_rx_data_since_tx),
+                ns_to_secs(a.last_rx_data),
+                a.invalid_source,
+            ))
+        }
+
+        fn allowed_ip_insert(&self, ip: &str, cidr: u8, peer: u64) -> PyResult<()> {
+            let ip = ip_of(ip)?;
+            let mut t = self
+                .0
+                .allowed_ips()
+                .write()
+                .map_err(|_| PyValueError::new_err("lock poisoned"))?;
+            t.insert(ip, cidr, peer).py_err()
+        }
+
+        /// Removes a prefix; with `peer`, only if that peer owns it.
+        #[pyo3(signature = (ip, cidr, peer=None))]
+        fn allowed_ip_remove(&self, ip: &str, cidr: u8, peer: Option<u64>) -> PyResult<bool> {
+            let ip = ip_of(ip)?;
+            let mut t = self
+                .0
+                .allowed_ips()
+                .write()
+                .map_err(|_| PyValueError::new_err("lock poisoned"))?;
+            Ok(match peer {
+                Some(p) => t.remove_for(ip, cidr, p),
+                None => t.remove(ip, cidr).is_some(),
+            })
+        }
+
+        fn allowed_ips_remove_peer(&self, peer: u64) -> PyResult<usize> {
+            let mut t = self
+                .0
+                .allowed_ips()
+                .write()
+                .map_err(|_| PyValueError::new_err("lock poisoned"))?;
+            Ok(t.remove_peer(peer))
+        }
+
+        fn allowed_ip_lookup(&self, ip: &str) -> PyResult<Option<u64>> {
+            let ip = ip_of(ip)?;
+            let t = self
+                .0
+                .allowed_ips()
+                .read()
+                .map_err(|_| PyValueError::new_err("lock poisoned"))?;
+            Ok(t.lookup(ip))
+        }
+
+        fn allowed_ips(&self, peer: u64) -> PyResult<Vec<(String, u8)>> {
+            let t = self
+                .0
+                .allowed_ips()
+                .read()
+                .map_err(|_| PyValueError::new_err("lock poisoned"))?;
+            Ok(t.entries(peer)
+                .into_iter()
+                .map(|(ip, c)| (ip.to_string(), c))
+                .collect())
         }
     }
 
@@ -549,6 +960,7 @@ mod python {
         m.add_class::<PyInitiation>()?;
         m.add_class::<PySession>()?;
         m.add_class::<PyCookieChecker>()?;
+        m.add_class::<PyDatapath>()?;
         m.add_function(wrap_pyfunction!(open_initiation, m)?)?;
         m.add_function(wrap_pyfunction!(message_type, m)?)?;
         m.add_function(wrap_pyfunction!(receiver_index, m)?)?;
@@ -568,7 +980,10 @@ mod python {
         m.add("REKEY_ATTEMPT_TIME", secs(session::REKEY_ATTEMPT_TIME))?;
         m.add("REKEY_TIMEOUT", secs(session::REKEY_TIMEOUT))?;
         m.add("KEEPALIVE_TIMEOUT", secs(session::KEEPALIVE_TIMEOUT))?;
-        m.add("COOKIE_SECRET_MAX_AGE", secs(crate::cookie::COOKIE_SECRET_MAX_AGE))?;
+        m.add(
+            "COOKIE_SECRET_MAX_AGE",
+            secs(crate::cookie::COOKIE_SECRET_MAX_AGE),
+        )?;
         m.add("REPLAY_WINDOW_SIZE", crate::replay::WINDOW_SIZE)?;
         m.add("INITIATION_LEN", messages::INITIATION_LEN)?;
         m.add("RESPONSE_LEN", messages::RESPONSE_LEN)?;

@@ -29,7 +29,11 @@ pub enum MessageError {
     #[error("reserved header bytes are not zero")]
     NonZeroReserved,
     #[error("message type {kind} must be {expected} bytes, got {got}")]
-    WrongLength { kind: u8, expected: usize, got: usize },
+    WrongLength {
+        kind: u8,
+        expected: usize,
+        got: usize,
+    },
     #[error("transport message must be at least 32 bytes, got {0}")]
     TransportTooShort(usize),
 }
@@ -64,12 +68,20 @@ pub fn message_type(b: &[u8]) -> Result<u8, MessageError> {
         TYPE_RESPONSE => RESPONSE_LEN,
         TYPE_COOKIE_REPLY => COOKIE_REPLY_LEN,
         TYPE_TRANSPORT => {
-            return if b.len() >= TRANSPORT_MIN_LEN { Ok(kind) } else { Err(MessageError::TransportTooShort(b.len())) };
+            return if b.len() >= TRANSPORT_MIN_LEN {
+                Ok(kind)
+            } else {
+                Err(MessageError::TransportTooShort(b.len()))
+            };
         }
         other => return Err(MessageError::UnknownType(other)),
     };
     if b.len() != expected {
-        return Err(MessageError::WrongLength { kind, expected, got: b.len() });
+        return Err(MessageError::WrongLength {
+            kind,
+            expected,
+            got: b.len(),
+        });
     }
     Ok(kind)
 }
@@ -164,7 +176,11 @@ pub struct CookieReply {
 impl CookieReply {
     pub fn parse(b: &[u8]) -> Result<Self, MessageError> {
         expect_type(b, TYPE_COOKIE_REPLY)?;
-        Ok(Self { receiver: u32_at(b, 4), nonce: array_at(b, 8), encrypted_cookie: array_at(b, 32) })
+        Ok(Self {
+            receiver: u32_at(b, 4),
+            nonce: array_at(b, 8),
+            encrypted_cookie: array_at(b, 32),
+        })
     }
 
     pub fn to_bytes(&self) -> [u8; COOKIE_REPLY_LEN] {
@@ -187,7 +203,10 @@ pub struct TransportHeader {
 impl TransportHeader {
     pub fn parse(b: &[u8]) -> Result<Self, MessageError> {
         expect_type(b, TYPE_TRANSPORT)?;
-        Ok(Self { receiver: u32_at(b, 4), counter: u64::from_le_bytes(array_at(b, 8)) })
+        Ok(Self {
+            receiver: u32_at(b, 4),
+            counter: u64::from_le_bytes(array_at(b, 8)),
+        })
     }
 
     pub fn write(&self, out: &mut [u8; TRANSPORT_HEADER_LEN]) {
@@ -239,7 +258,14 @@ mod tests {
             for n in [4, good - 1, good + 1, 200] {
                 let mut b = vec![0u8; n];
                 b[0] = kind;
-                assert_eq!(message_type(&b), Err(MessageError::WrongLength { kind, expected: good, got: n }));
+                assert_eq!(
+                    message_type(&b),
+                    Err(MessageError::WrongLength {
+                        kind,
+                        expected: good,
+                        got: n
+                    })
+                );
             }
         }
         let mut b = vec![0u8; 31];
@@ -277,21 +303,47 @@ mod tests {
         let b = i.to_bytes();
         assert_eq!(&b[..8], &[1, 0, 0, 0, 4, 3, 2, 1]);
         assert_eq!(Initiation::parse(&b), Ok(i));
-        let r = Response { sender: 7, receiver: 9, ephemeral: [1; 32], encrypted_nothing: [2; 16], mac1: [3; 16], mac2: [4; 16] };
+        let r = Response {
+            sender: 7,
+            receiver: 9,
+            ephemeral: [1; 32],
+            encrypted_nothing: [2; 16],
+            mac1: [3; 16],
+            mac2: [4; 16],
+        };
         let b = r.to_bytes();
         assert_eq!(Response::parse(&b), Ok(r));
         assert_eq!(receiver_index(&b), Ok(9));
-        let c = CookieReply { receiver: 11, nonce: [1; 24], encrypted_cookie: [2; 32] };
+        let c = CookieReply {
+            receiver: 11,
+            nonce: [1; 24],
+            encrypted_cookie: [2; 32],
+        };
         let b = c.to_bytes();
         assert_eq!(CookieReply::parse(&b), Ok(c));
         assert_eq!(receiver_index(&b), Ok(11));
         let mut t = [0u8; 32];
         let mut h = [0u8; 16];
-        TransportHeader { receiver: 13, counter: 0x1122334455667788 }.write(&mut h);
+        TransportHeader {
+            receiver: 13,
+            counter: 0x1122334455667788,
+        }
+        .write(&mut h);
         t[..16].copy_from_slice(&h);
-        assert_eq!(TransportHeader::parse(&t), Ok(TransportHeader { receiver: 13, counter: 0x1122334455667788 }));
+        assert_eq!(
+            TransportHeader::parse(&t),
+            Ok(TransportHeader {
+                receiver: 13,
+                counter: 0x1122334455667788
+            })
+        );
         assert_eq!(receiver_index(&t), Ok(13));
-        assert!(Response::parse(&Initiation::parse(&i_bytes()).map(|i| i.to_bytes()).unwrap_or([0; 148])).is_err());
+        assert!(Response::parse(
+            &Initiation::parse(&i_bytes())
+                .map(|i| i.to_bytes())
+                .unwrap_or([0; 148])
+        )
+        .is_err());
     }
 
     fn i_bytes() -> [u8; 148] {

@@ -22,7 +22,9 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::cookie::{mac1_key, verify_mac1, CookieJar};
-use crate::crypto::{aead_open, aead_seal, hash, kdf1, kdf2, kdf3, Secret, HASH_LEN, KEY_LEN, TAG_LEN};
+use crate::crypto::{
+    aead_open, aead_seal, hash, kdf1, kdf2, kdf3, Secret, HASH_LEN, KEY_LEN, TAG_LEN,
+};
 use crate::error::{Error, Result};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::{CookieReply, Initiation, Response, INITIATION_LEN, RESPONSE_LEN};
@@ -32,7 +34,8 @@ use crate::tai64n::{Tai64N, TIMESTAMP_LEN};
 pub const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 pub const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
 pub const INITIATIONS_PER_SECOND: u32 = 50;
-const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(1000 / INITIATIONS_PER_SECOND as u64);
+const MIN_INITIATION_INTERVAL: Duration =
+    Duration::from_millis(1000 / INITIATIONS_PER_SECOND as u64);
 
 type Hash = Zeroizing<[u8; HASH_LEN]>;
 
@@ -76,7 +79,11 @@ pub struct Identity {
 impl Identity {
     pub fn new(private: PrivateKey) -> Self {
         let public = private.public_key();
-        Self { mac1_key: mac1_key(&public), private, public }
+        Self {
+            mac1_key: mac1_key(&public),
+            private,
+            public,
+        }
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -102,7 +109,10 @@ impl Identity {
         let mut ck: Secret = Zeroizing::new(initial_chaining_key());
         let mut h: Hash = Zeroizing::new(hash(&[&initial_hash(), self.public.as_bytes()]));
         mix_ephemeral(&mut ck, &mut h, &init.ephemeral);
-        let k = mix_dh_key(&mut ck, &self.private.dh(&PublicKey::from_bytes(init.ephemeral))?);
+        let k = mix_dh_key(
+            &mut ck,
+            &self.private.dh(&PublicKey::from_bytes(init.ephemeral))?,
+        );
         let mut static_bytes = [0u8; KEY_LEN];
         aead_open(&k, 0, &init.encrypted_static, &h[..], &mut static_bytes)?;
         mix_hash(&mut h, &init.encrypted_static);
@@ -111,7 +121,14 @@ impl Identity {
         let mut ts = [0u8; TIMESTAMP_LEN];
         aead_open(&k, 0, &init.encrypted_timestamp, &h[..], &mut ts)?;
         mix_hash(&mut h, &init.encrypted_timestamp);
-        Ok(ReceivedInitiation { peer, sender: init.sender, ephemeral: init.ephemeral, hash: h, ck, timestamp: Tai64N(ts) })
+        Ok(ReceivedInitiation {
+            peer,
+            sender: init.sender,
+            ephemeral: init.ephemeral,
+            hash: h,
+            ck,
+            timestamp: Tai64N(ts),
+        })
     }
 }
 
@@ -127,14 +144,27 @@ pub struct ReceivedInitiation {
 
 impl core::fmt::Debug for ReceivedInitiation {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ReceivedInitiation").field("peer", &self.peer).field("sender", &self.sender).finish_non_exhaustive()
+        f.debug_struct("ReceivedInitiation")
+            .field("peer", &self.peer)
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
     }
 }
 
 enum State {
     Zeroed,
-    CreatedInitiation { local_index: u32, ephemeral: PrivateKey, hash: Hash, ck: Secret },
-    ConsumedInitiation { remote_index: u32, remote_ephemeral: [u8; KEY_LEN], hash: Hash, ck: Secret },
+    CreatedInitiation {
+        local_index: u32,
+        ephemeral: PrivateKey,
+        hash: Hash,
+        ck: Secret,
+    },
+    ConsumedInitiation {
+        remote_index: u32,
+        remote_ephemeral: [u8; KEY_LEN],
+        hash: Hash,
+        ck: Secret,
+    },
 }
 
 /// The handshake state with one peer.
@@ -152,7 +182,12 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    pub fn new(identity: Arc<Identity>, remote: PublicKey, psk: Option<PresharedKey>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        identity: Arc<Identity>,
+        remote: PublicKey,
+        psk: Option<PresharedKey>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let static_static = identity.private.dh(&remote).ok();
         Self {
             cookies: CookieJar::new(&remote),
@@ -208,7 +243,12 @@ impl Handshake {
     }
 
     /// `create_initiation` with chosen inputs, for known-answer tests.
-    pub fn create_initiation_with(&mut self, ephemeral: PrivateKey, local_index: u32, timestamp: Tai64N) -> Result<[u8; INITIATION_LEN]> {
+    pub fn create_initiation_with(
+        &mut self,
+        ephemeral: PrivateKey,
+        local_index: u32,
+        timestamp: Tai64N,
+    ) -> Result<[u8; INITIATION_LEN]> {
         let ss = self.static_static()?.clone();
         let mut ck: Secret = Zeroizing::new(initial_chaining_key());
         let mut h: Hash = Zeroizing::new(hash(&[&initial_hash(), self.remote.as_bytes()]));
@@ -216,7 +256,13 @@ impl Handshake {
         mix_ephemeral(&mut ck, &mut h, e_pub.as_bytes());
         let k = mix_dh_key(&mut ck, &ephemeral.dh(&self.remote)?);
         let mut encrypted_static = [0u8; KEY_LEN + TAG_LEN];
-        aead_seal(&k, 0, self.identity.public.as_bytes(), &h[..], &mut encrypted_static)?;
+        aead_seal(
+            &k,
+            0,
+            self.identity.public.as_bytes(),
+            &h[..],
+            &mut encrypted_static,
+        )?;
         mix_hash(&mut h, &encrypted_static);
         let k = mix_dh_key(&mut ck, &ss);
         let mut encrypted_timestamp = [0u8; TIMESTAMP_LEN + TAG_LEN];
@@ -232,7 +278,12 @@ impl Handshake {
         }
         .to_bytes();
         self.cookies.add_macs(&mut msg, self.clock.now())?;
-        self.state = State::CreatedInitiation { local_index, ephemeral, hash: h, ck };
+        self.state = State::CreatedInitiation {
+            local_index,
+            ephemeral,
+            hash: h,
+            ck,
+        };
         Ok(msg)
     }
 
@@ -250,7 +301,10 @@ impl Handshake {
             return Err(Error::ReplayedTimestamp);
         }
         let now = self.clock.now();
-        if self.last_initiation_consumed.is_some_and(|t| now.saturating_sub(t) < MIN_INITIATION_INTERVAL) {
+        if self
+            .last_initiation_consumed
+            .is_some_and(|t| now.saturating_sub(t) < MIN_INITIATION_INTERVAL)
+        {
             return Err(Error::Flood);
         }
         self.latest_timestamp = init.timestamp;
@@ -271,8 +325,18 @@ impl Handshake {
     }
 
     /// `create_response` with chosen inputs, for known-answer tests.
-    pub fn create_response_with(&mut self, ephemeral: PrivateKey, local_index: u32) -> Result<([u8; RESPONSE_LEN], Keypair)> {
-        let State::ConsumedInitiation { remote_index, remote_ephemeral, hash: h0, ck: ck0 } = &self.state else {
+    pub fn create_response_with(
+        &mut self,
+        ephemeral: PrivateKey,
+        local_index: u32,
+    ) -> Result<([u8; RESPONSE_LEN], Keypair)> {
+        let State::ConsumedInitiation {
+            remote_index,
+            remote_ephemeral,
+            hash: h0,
+            ck: ck0,
+        } = &self.state
+        else {
             return Err(Error::UnexpectedMessage);
         };
         let remote_index = *remote_index;
@@ -280,7 +344,10 @@ impl Handshake {
         let mut ck = ck0.clone();
         let e_pub = ephemeral.public_key();
         mix_ephemeral(&mut ck, &mut h, e_pub.as_bytes());
-        *ck = *kdf1(&ck[..], &ephemeral.dh(&PublicKey::from_bytes(*remote_ephemeral))?[..]);
+        *ck = *kdf1(
+            &ck[..],
+            &ephemeral.dh(&PublicKey::from_bytes(*remote_ephemeral))?[..],
+        );
         *ck = *kdf1(&ck[..], &ephemeral.dh(&self.remote)?[..]);
         let (c, tau, k) = kdf3(&ck[..], self.psk.as_bytes());
         ck = c;
@@ -308,7 +375,13 @@ impl Handshake {
     pub fn consume_response(&mut self, msg: &[u8]) -> Result<Keypair> {
         let resp = Response::parse(msg)?;
         self.identity.verify_mac1(msg)?;
-        let State::CreatedInitiation { local_index, ephemeral, hash: h0, ck: ck0 } = &self.state else {
+        let State::CreatedInitiation {
+            local_index,
+            ephemeral,
+            hash: h0,
+            ck: ck0,
+        } = &self.state
+        else {
             return Err(Error::UnexpectedMessage);
         };
         if resp.receiver != *local_index {
@@ -351,13 +424,21 @@ mod tests {
     }
 
     fn pair(psk: Option<PresharedKey>) -> Pair {
-        let clock = Arc::new(ManualClock::new(Duration::from_secs(100), Duration::from_secs(1_700_000_000)));
+        let clock = Arc::new(ManualClock::new(
+            Duration::from_secs(100),
+            Duration::from_secs(1_700_000_000),
+        ));
         let dynclock: Arc<dyn Clock> = clock.clone();
         let a = Arc::new(Identity::new(PrivateKey::generate()));
         let b = Arc::new(Identity::new(PrivateKey::generate()));
         let init = Handshake::new(a.clone(), b.public_key(), psk.clone(), dynclock.clone());
         let resp = Handshake::new(b.clone(), a.public_key(), psk, dynclock);
-        Pair { clock, init, resp, resp_identity: b }
+        Pair {
+            clock,
+            init,
+            resp,
+            resp_identity: b,
+        }
     }
 
     fn complete(p: &mut Pair) -> (Keypair, Keypair) {
@@ -391,7 +472,9 @@ mod tests {
         let mut p = pair(Some(PresharedKey::generate()));
         p.resp.set_preshared_key(Some(PresharedKey::generate()));
         let m1 = p.init.create_initiation().expect("initiation");
-        p.resp.consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open")).expect("consume");
+        p.resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open"))
+            .expect("consume");
         let (m2, _) = p.resp.create_response().expect("response");
         assert_eq!(p.init.consume_response(&m2).err(), Some(Error::Decrypt));
     }
@@ -400,25 +483,43 @@ mod tests {
     fn replayed_initiation_is_rejected() {
         let mut p = pair(None);
         let m1 = p.init.create_initiation().expect("initiation");
-        p.resp.consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open")).expect("consume");
+        p.resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open"))
+            .expect("consume");
         p.clock.advance(Duration::from_secs(1));
-        let again = p.resp_identity.open_initiation(&m1).expect("still decrypts");
-        assert_eq!(p.resp.consume_initiation(&again).err(), Some(Error::ReplayedTimestamp));
+        let again = p
+            .resp_identity
+            .open_initiation(&m1)
+            .expect("still decrypts");
+        assert_eq!(
+            p.resp.consume_initiation(&again).err(),
+            Some(Error::ReplayedTimestamp)
+        );
     }
 
     #[test]
     fn flood_rule_is_20_ms() {
         let mut p = pair(None);
         let m1 = p.init.create_initiation().expect("initiation");
-        p.resp.consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open")).expect("consume");
+        p.resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open"))
+            .expect("consume");
         // Newer timestamp (wall clock moved 1 s) but only 19 ms of monotonic time.
         p.clock.set_unix_time(Duration::from_secs(1_700_000_001));
         p.clock.advance(Duration::from_millis(19));
         let m2 = p.init.create_initiation().expect("initiation");
-        assert_eq!(p.resp.consume_initiation(&p.resp_identity.open_initiation(&m2).expect("open")).err(), Some(Error::Flood));
+        assert_eq!(
+            p.resp
+                .consume_initiation(&p.resp_identity.open_initiation(&m2).expect("open"))
+                .err(),
+            Some(Error::Flood)
+        );
         p.clock.advance(Duration::from_millis(1));
         let m3 = p.init.create_initiation().expect("initiation");
-        assert!(p.resp.consume_initiation(&p.resp_identity.open_initiation(&m3).expect("open")).is_ok());
+        assert!(p
+            .resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m3).expect("open"))
+            .is_ok());
     }
 
     #[test]
@@ -426,32 +527,54 @@ mod tests {
         let mut p = pair(None);
         let mut m1 = p.init.create_initiation().expect("initiation");
         m1[116] ^= 1;
-        assert_eq!(p.resp_identity.open_initiation(&m1).err(), Some(Error::InvalidMac1));
+        assert_eq!(
+            p.resp_identity.open_initiation(&m1).err(),
+            Some(Error::InvalidMac1)
+        );
         let stranger = Identity::new(PrivateKey::generate());
         let m1 = p.init.create_initiation().expect("initiation");
-        assert_eq!(stranger.open_initiation(&m1).err(), Some(Error::InvalidMac1));
+        assert_eq!(
+            stranger.open_initiation(&m1).err(),
+            Some(Error::InvalidMac1)
+        );
         // Valid mac1 but a corrupted ciphertext fails authentication.
         let mut m1 = p.init.create_initiation().expect("initiation");
         m1[50] ^= 1;
         let mut jar = CookieJar::new(&p.resp_identity.public_key());
         jar.add_macs(&mut m1, Duration::ZERO).expect("macs");
-        assert_eq!(p.resp_identity.open_initiation(&m1).err(), Some(Error::Decrypt));
+        assert_eq!(
+            p.resp_identity.open_initiation(&m1).err(),
+            Some(Error::Decrypt)
+        );
     }
 
     #[test]
     fn response_checks_state_and_index() {
         let mut p = pair(None);
         let m1 = p.init.create_initiation().expect("initiation");
-        p.resp.consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open")).expect("consume");
+        p.resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open"))
+            .expect("consume");
         let (m2, _) = p.resp.create_response().expect("response");
-        assert_eq!(p.resp.create_response().err(), Some(Error::UnexpectedMessage), "one response per initiation");
+        assert_eq!(
+            p.resp.create_response().err(),
+            Some(Error::UnexpectedMessage),
+            "one response per initiation"
+        );
         let mut wrong = m2;
         wrong[8] ^= 1;
         let mut jar = CookieJar::new(&p.init.local_public_key());
         jar.add_macs(&mut wrong, Duration::ZERO).expect("macs");
-        assert_eq!(p.init.consume_response(&wrong).err(), Some(Error::IndexMismatch));
+        assert_eq!(
+            p.init.consume_response(&wrong).err(),
+            Some(Error::IndexMismatch)
+        );
         assert!(p.init.consume_response(&m2).is_ok());
-        assert_eq!(p.init.consume_response(&m2).err(), Some(Error::UnexpectedMessage), "consumed only once");
+        assert_eq!(
+            p.init.consume_response(&m2).err(),
+            Some(Error::UnexpectedMessage),
+            "consumed only once"
+        );
     }
 
     #[test]

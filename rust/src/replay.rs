@@ -22,7 +22,10 @@ pub struct ReplayWindow {
 
 impl Default for ReplayWindow {
     fn default() -> Self {
-        Self { last: 0, words: [0; WORDS] }
+        Self {
+            last: 0,
+            words: [0; WORDS],
+        }
     }
 }
 
@@ -73,7 +76,10 @@ impl ReplayWindow {
     }
 
     fn slot(c: u64) -> (usize, u64) {
-        (((c / BITS_PER_WORD) % WORDS as u64) as usize, 1u64 << (c % BITS_PER_WORD))
+        (
+            ((c / BITS_PER_WORD) % WORDS as u64) as usize,
+            1u64 << (c % BITS_PER_WORD),
+        )
     }
 }
 
@@ -131,7 +137,13 @@ mod tests {
         let mut w = ReplayWindow::new();
         for (i, (counter, ok)) in cases.iter().enumerate() {
             assert_eq!(w.check(*counter), *ok, "case {} check({})", i + 1, counter);
-            assert_eq!(w.update(*counter), *ok, "case {} update({})", i + 1, counter);
+            assert_eq!(
+                w.update(*counter),
+                *ok,
+                "case {} update({})",
+                i + 1,
+                counter
+            );
         }
     }
 

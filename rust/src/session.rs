@@ -12,7 +12,7 @@
 //!   AEAD, and only then mark the counter in the replay window.
 //! - Keys are overwritten when the keypair is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,23 +39,40 @@ pub const PADDING_MULTIPLE: usize = 16;
 /// Bytes of zero padding the kernel adds to a `len`-byte packet for `mtu`
 /// (`calculate_skb_padding`); `mtu == 0` means "no cap".
 pub fn padding_for(len: usize, mtu: usize) -> usize {
-    let align = |n: usize| n.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
+    // min(mtu, align16(n)) - n, written so that no step can overflow.
+    let to_multiple = |n: usize| (PADDING_MULTIPLE - n % PADDING_MULTIPLE) % PADDING_MULTIPLE;
     if mtu == 0 {
-        return align(len) - len;
+        return to_multiple(len);
     }
     let last_unit = if len > mtu { len % mtu } else { len };
-    mtu.min(align(last_unit)) - last_unit
+    (mtu - last_unit).min(to_multiple(last_unit))
 }
 
-/// Wire size of a transport message carrying a `len`-byte packet.
+/// Wire size of a transport message carrying a `len`-byte packet
+/// (`usize::MAX` if that does not fit in a `usize`).
 pub fn encrypted_len(len: usize, mtu: usize) -> usize {
-    TRANSPORT_HEADER_LEN + len + padding_for(len, mtu) + TAG_LEN
+    checked_encrypted_len(len, mtu).unwrap_or(usize::MAX)
+}
+
+fn checked_encrypted_len(len: usize, mtu: usize) -> Option<usize> {
+    len.checked_add(padding_for(len, mtu))?
+        .checked_add(TRANSPORT_HEADER_LEN + TAG_LEN)
+}
+
+/// Why the data plane asks for a new handshake while a keypair still works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RekeyTrigger {
+    OnSend = 1,
+    OnReceive = 2,
 }
 
 pub struct Keypair {
     send: LessSafeKey,
     recv: LessSafeKey,
     send_counter: AtomicU64,
+    send_valid: AtomicBool,
+    rekey_requested: AtomicU8,
     replay: Mutex<ReplayWindow>,
     pub local_index: u32,
     pub remote_index: u32,
@@ -101,6 +118,8 @@ impl Keypair {
             send: aead_key(send)?,
             recv: aead_key(recv)?,
             send_counter: AtomicU64::new(0),
+            send_valid: AtomicBool::new(true),
+            rekey_requested: AtomicU8::new(0),
             replay: Mutex::new(ReplayWindow::new()),
             local_index,
             remote_index,
@@ -137,15 +156,36 @@ impl Keypair {
         self.is_initiator && has_expired(self.birth, REKEY_ON_RECEIVE_AGE, now)
     }
 
+    /// Stops this keypair from sending (kernel `sending.is_valid = false`,
+    /// used when keys are expired by a private key change); it still receives.
+    pub fn invalidate_sending(&self) {
+        self.send_valid.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether a packet could be sent with this keypair now.
+    pub fn can_send(&self, now: Duration) -> bool {
+        self.send_valid.load(Ordering::Relaxed)
+            && !self.is_expired(now)
+            && self.sending_counter() < REJECT_AFTER_MESSAGES
+    }
+
+    /// True the first time it is called for `trigger`: lets the data plane
+    /// ask for a rekey once per keypair and trigger instead of once per packet.
+    pub fn claim_rekey_request(&self, trigger: RekeyTrigger) -> bool {
+        let bit = trigger as u8;
+        self.rekey_requested.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
     /// Takes the next send counter, or fails if the key may no longer send.
     pub fn next_counter(&self, now: Duration) -> Result<u64> {
-        if self.is_expired(now) {
+        if !self.send_valid.load(Ordering::Relaxed) || self.is_expired(now) {
             return Err(Error::KeyExpired);
         }
         let c = self.send_counter.fetch_add(1, Ordering::Relaxed);
         if c >= REJECT_AFTER_MESSAGES {
             // Keep the counter pinned at the limit so it can never wrap.
-            self.send_counter.store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
+            self.send_counter
+                .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
             return Err(Error::CounterExhausted);
         }
         Ok(c)
@@ -153,25 +193,46 @@ impl Keypair {
 
     /// Encrypts in place. `buf` is laid out as 16 header bytes, `len` bytes of
     /// plaintext, then room for padding and the tag; returns the wire length.
-    pub fn seal_in_place(&self, buf: &mut [u8], len: usize, mtu: usize, now: Duration) -> Result<usize> {
-        let padded = len + padding_for(len, mtu);
-        let total = TRANSPORT_HEADER_LEN + padded + TAG_LEN;
-        if buf.len() < total {
-            return Err(Error::BufferTooSmall { needed: total, have: buf.len() });
-        }
+    pub fn seal_in_place(
+        &self,
+        buf: &mut [u8],
+        len: usize,
+        mtu: usize,
+        now: Duration,
+    ) -> Result<usize> {
+        let total = match checked_encrypted_len(len, mtu) {
+            Some(total) if total <= buf.len() => total,
+            _ => {
+                return Err(Error::BufferTooSmall {
+                    needed: encrypted_len(len, mtu),
+                    have: buf.len(),
+                })
+            }
+        };
+        let padded = total - TRANSPORT_HEADER_LEN - TAG_LEN;
         let counter = self.next_counter(now)?;
         buf[TRANSPORT_HEADER_LEN + len..TRANSPORT_HEADER_LEN + padded].fill(0);
         let mut header = [0u8; TRANSPORT_HEADER_LEN];
-        TransportHeader { receiver: self.remote_index, counter }.write(&mut header);
+        TransportHeader {
+            receiver: self.remote_index,
+            counter,
+        }
+        .write(&mut header);
         buf[..TRANSPORT_HEADER_LEN].copy_from_slice(&header);
-        aead_seal_in_place(&self.send, counter, &[], &mut buf[TRANSPORT_HEADER_LEN..total])?;
+        aead_seal_in_place(
+            &self.send,
+            counter,
+            &[],
+            &mut buf[TRANSPORT_HEADER_LEN..total],
+        )?;
         Ok(total)
     }
 
     /// Encrypts `plaintext` into a new transport message.
     pub fn encrypt(&self, plaintext: &[u8], mtu: usize, now: Duration) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; encrypted_len(plaintext.len(), mtu)];
-        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plaintext.len()].copy_from_slice(plaintext);
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plaintext.len()]
+            .copy_from_slice(plaintext);
         let n = self.seal_in_place(&mut buf, plaintext.len(), mtu, now)?;
         buf.truncate(n);
         Ok(buf)
@@ -192,10 +253,19 @@ impl Keypair {
         {
             let w = self.replay.lock().map_err(|_| Error::Replay)?;
             if !w.check(header.counter) {
-                return Err(if header.counter >= REJECT_AFTER_MESSAGES { Error::CounterExhausted } else { Error::Replay });
+                return Err(if header.counter >= REJECT_AFTER_MESSAGES {
+                    Error::CounterExhausted
+                } else {
+                    Error::Replay
+                });
             }
         }
-        let n = aead_open_in_place(&self.recv, header.counter, &[], &mut msg[TRANSPORT_HEADER_LEN..])?;
+        let n = aead_open_in_place(
+            &self.recv,
+            header.counter,
+            &[],
+            &mut msg[TRANSPORT_HEADER_LEN..],
+        )?;
         let mut w = self.replay.lock().map_err(|_| Error::Replay)?;
         if !w.update(header.counter) {
             return Err(Error::Replay);
@@ -255,6 +325,51 @@ mod tests {
     }
 
     #[test]
+    fn padding_equals_the_kernel_formula() {
+        // calculate_skb_padding as written in the kernel, for lengths that cannot overflow.
+        let kernel = |len: usize, mtu: usize| {
+            let align = |n: usize| n.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
+            if mtu == 0 {
+                return align(len) - len;
+            }
+            let last_unit = if len > mtu { len % mtu } else { len };
+            mtu.min(align(last_unit)) - last_unit
+        };
+        for mtu in [0, 1, 15, 16, 17, 1280, 1420, 1500, 65535] {
+            for len in 0..4000 {
+                assert_eq!(
+                    padding_for(len, mtu),
+                    kernel(len, mtu),
+                    "len {len} mtu {mtu}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_lengths_are_errors_not_panics() {
+        // Found by fuzz/fuzz_targets/transport_decrypt.rs: len near usize::MAX overflowed.
+        let (i, _) = pair(Duration::ZERO);
+        let mut buf = [0u8; 64];
+        for len in [usize::MAX, usize::MAX - 15, usize::MAX - 40, 49] {
+            for mtu in [0, 1420, usize::MAX] {
+                let got = i.seal_in_place(&mut buf, len, mtu, Duration::ZERO);
+                assert!(
+                    matches!(got, Err(Error::BufferTooSmall { .. })),
+                    "len {len} mtu {mtu}: {got:?}"
+                );
+            }
+        }
+        assert_eq!(padding_for(usize::MAX, 0), 1);
+        assert_eq!(encrypted_len(usize::MAX, 0), usize::MAX);
+        assert_eq!(
+            i.sending_counter(),
+            0,
+            "no counter is used by a refused seal"
+        );
+    }
+
+    #[test]
     fn round_trip_and_wire_format() {
         let now = Duration::from_secs(1);
         let (i, r) = pair(now);
@@ -296,11 +411,16 @@ mod tests {
         let (i, r) = pair(Duration::ZERO);
         let t121 = Duration::from_secs(121);
         assert!(i.needs_rekey_on_send(t121));
-        assert!(!r.needs_rekey_on_send(t121), "the responder never rekeys on time");
+        assert!(
+            !r.needs_rekey_on_send(t121),
+            "the responder never rekeys on time"
+        );
         assert!(!i.needs_rekey_on_receive(t121));
         assert!(i.needs_rekey_on_receive(Duration::from_secs(166)));
         assert!(!r.needs_rekey_on_receive(Duration::from_secs(166)));
-        let msg = i.encrypt(b"x", 0, Duration::from_secs(179)).expect("still valid");
+        let msg = i
+            .encrypt(b"x", 0, Duration::from_secs(179))
+            .expect("still valid");
         let late = Duration::from_secs(181);
         assert_eq!(i.encrypt(b"x", 0, late), Err(Error::KeyExpired));
         assert_eq!(r.decrypt(&msg, late), Err(Error::KeyExpired));
@@ -309,13 +429,21 @@ mod tests {
     #[test]
     fn counter_limits() {
         let (i, r) = pair(Duration::ZERO);
-        i.send_counter.store(REKEY_AFTER_MESSAGES + 1, Ordering::Relaxed);
-        assert!(r.needs_rekey_on_send(Duration::ZERO) == false);
+        i.send_counter
+            .store(REKEY_AFTER_MESSAGES + 1, Ordering::Relaxed);
+        assert!(!r.needs_rekey_on_send(Duration::ZERO));
         assert!(i.needs_rekey_on_send(Duration::ZERO));
-        i.send_counter.store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        i.send_counter
+            .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
         let last = i.encrypt(b"x", 0, Duration::ZERO).expect("last allowed");
-        assert_eq!(i.encrypt(b"x", 0, Duration::ZERO), Err(Error::CounterExhausted));
-        assert_eq!(i.encrypt(b"x", 0, Duration::ZERO), Err(Error::CounterExhausted));
+        assert_eq!(
+            i.encrypt(b"x", 0, Duration::ZERO),
+            Err(Error::CounterExhausted)
+        );
+        assert_eq!(
+            i.encrypt(b"x", 0, Duration::ZERO),
+            Err(Error::CounterExhausted)
+        );
         assert_eq!(i.sending_counter(), REJECT_AFTER_MESSAGES);
         assert!(r.decrypt(&last, Duration::ZERO).is_ok());
     }

@@ -46,7 +46,12 @@ mod tests {
     fn whitening_monotonicity() {
         let start = Duration::new(0, 123_456_789);
         let base = Tai64N::from_unix(start);
-        for d in [Duration::from_nanos(10), Duration::from_micros(10), Duration::from_millis(1), Duration::from_millis(10)] {
+        for d in [
+            Duration::from_nanos(10),
+            Duration::from_micros(10),
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+        ] {
             assert!(!Tai64N::from_unix(start + d).is_after(&base), "{d:?}");
         }
         assert!(Tai64N::from_unix(start + Duration::from_millis(20)).is_after(&base));

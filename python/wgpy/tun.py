@@ -1,0 +1,194 @@
+"""The TUN device and the UDP sockets a wgpy device runs on.
+
+- The TUN interface is created with the TUNSETIFF ioctl (IFF_TUN | IFF_NO_PI)
+  and lives as long as its file descriptor; closing it deletes the link.
+- Link, address and route changes go through rtnetlink (pyroute2).
+- One UDP port serves IPv4 and IPv6: two sockets (the kernel and
+  wireguard-go do the same) bound to the same port, IPV6_V6ONLY on the v6 one,
+  7 MiB buffers like wireguard-go, and SO_MARK when a fwmark is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16
+DEFAULT_MTU = 1420
+SOCKET_BUFFER = 7 << 20
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+SO_MARK = 36
+IFA_F_NODAD = 0x02
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TunError(OSError):
+    """The TUN device could not be created or configured."""
+
+
+def valid_interface_name(name: str) -> bool:
+    """Linux's rule (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace, not '.'/'..'."""
+    raw = name.encode()
+    return (
+        0 < len(raw) < IFNAMSIZ
+        and name not in (".", "..")
+        and not any(c in name for c in "/:")
+        and not any(c.isspace() for c in name)
+    )
+
+
+@dataclass
+class Tun:
+    """An open TUN interface; `fd` is what the data plane reads and writes."""
+
+    name: str
+    fd: int
+    index: int
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def create(cls, name: str, mtu: int = DEFAULT_MTU) -> Tun:
+        if not valid_interface_name(name):
+            raise TunError(errno.EINVAL, f"invalid interface name {name!r}")
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise TunError(e.errno, f"cannot open /dev/net/tun: {e.strerror}") from None
+        try:
+            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
+            res = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.EPERM:
+                raise TunError(
+                    e.errno, "creating a TUN device needs CAP_NET_ADMIN (run as root)"
+                ) from None
+            if e.errno == errno.EBUSY:
+                raise TunError(e.errno, f"interface {name} already exists") from None
+            raise TunError(e.errno, f"cannot create TUN device {name}: {e.strerror}") from None
+        actual = res[:IFNAMSIZ].rstrip(b"\0").decode()
+        try:
+            with IPRoute() as ipr:
+                index = ipr.link_lookup(ifname=actual)[0]
+                ipr.link("set", index=index, mtu=mtu)
+        except Exception:
+            os.close(fd)
+            raise
+        return cls(name=actual, fd=fd, index=index)
+
+    def set_up(self) -> None:
+        with IPRoute() as ipr:
+            ipr.link("set", index=self.index, state="up")
+
+    def set_mtu(self, mtu: int) -> None:
+        with IPRoute() as ipr:
+            ipr.link("set", index=self.index, mtu=mtu)
+
+    def mtu(self) -> int | None:
+        """The interface's MTU, or None once it has left this namespace."""
+        try:
+            with IPRoute() as ipr:
+                links = ipr.get_links(self.index)
+        except Exception:
+            return None
+        if not links:
+            return None
+        value = links[0].get_attr("IFLA_MTU")
+        return int(value) if value is not None else None
+
+    def add_address(self, address: IPInterface) -> None:
+        with IPRoute() as ipr:
+            kwargs: dict[str, object] = {}
+            if address.version == 6:
+                # IFA_F_NODAD: a tunnel address has no link to duplicate it
+                # on, and DAD would hold it "tentative" for a second.
+                kwargs["flags"] = IFA_F_NODAD
+            ipr.addr(
+                "add",
+                index=self.index,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                **kwargs,
+            )
+
+    def add_route(self, network: IPNetwork, table: int | None = None) -> None:
+        with IPRoute() as ipr:
+            kwargs: dict[str, object] = {"dst": str(network), "oif": self.index}
+            if table is not None:
+                kwargs["table"] = table
+            ipr.route("replace", **kwargs)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def _tune(sock: socket.socket, fwmark: int) -> None:
+    for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, fallback, SOCKET_BUFFER)
+    if fwmark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+
+
+def set_fwmark(sockets: list[socket.socket], fwmark: int) -> None:
+    for s in sockets:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+
+
+def open_udp_sockets(port: int, fwmark: int = 0) -> list[socket.socket]:
+    """Binds an IPv4 and (if the host has IPv6) an IPv6 socket to one port.
+
+    With port 0 the kernel picks the IPv4 port and the IPv6 socket takes the
+    same; if that port is taken for IPv6 the pair is retried.
+    """
+    last_error: OSError | None = None
+    for _ in range(10):
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _tune(v4, fwmark)
+            v4.bind(("0.0.0.0", port))
+        except OSError as e:
+            v4.close()
+            raise e
+        chosen = v4.getsockname()[1]
+        try:
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:
+            return [v4]
+        try:
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _tune(v6, fwmark)
+            v6.bind(("::", chosen))
+        except OSError as e:
+            v6.close()
+            if e.errno == errno.EADDRNOTAVAIL:
+                return [v4]
+            if port == 0 and e.errno == errno.EADDRINUSE:
+                v4.close()
+                last_error = e
+                continue
+            v4.close()
+            raise
+        return [v4, v6]
+    assert last_error is not None
+    raise last_error

@@ -1,0 +1,483 @@
+//! The system calls the data plane makes, each wrapped once with its safety
+//! argument: eventfd, poll, TUN read/write, and batched UDP I/O
+//! (recvmmsg/sendmmsg) carrying the local address in IP_PKTINFO/IPV6_PKTINFO
+//! so replies leave from the address the peer contacted.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn cvt_size(rc: libc::ssize_t) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// A private, close-on-exec copy of a descriptor the caller owns.
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) reads no memory; on success the new
+    // descriptor is ours alone, so OwnedFd may close it.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `new` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only read and set the descriptor's flags.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
+    }
+    Ok(())
+}
+
+pub fn set_int_opt(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value points to a live c_int of the length we pass.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn socket_family(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    let mut domain: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `domain`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(domain)
+}
+
+/// An eventfd used as a level-triggered "something happened" flag.
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; the returned descriptor is ours.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) still
+        // leaves the fd readable, which is all a signal needs.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN (already clear) is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until `fd` is readable (or in error) or `stop` is signalled.
+/// Returns false when asked to stop.
+pub fn wait_readable(fd: RawFd, stop: &EventFd) -> io::Result<Readiness> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfd structures.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Readiness::Stop);
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+            && fds[0].revents & libc::POLLIN == 0
+        {
+            return Ok(Readiness::Error);
+        }
+        return Ok(Readiness::Readable);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Readable,
+    Error,
+    Stop,
+}
+
+/// Waits until `fd` can be written again after EAGAIN.
+pub fn wait_writable(fd: RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd; a 1 s cap keeps a wedged socket from hanging shutdown.
+    unsafe { libc::poll(&mut p, 1, 1000) };
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads buf.len() bytes from buf.
+    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn sockaddr_from_std(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                0,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Room for one IP_PKTINFO or IPV6_PKTINFO control message.
+const CMSG_SPACE: usize = 64;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; CMSG_SPACE]);
+
+/// One received datagram's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    pub len: usize,
+    pub src: Option<SocketAddr>,
+    /// The local address the datagram was sent to, and the interface.
+    pub local: Option<(IpAddr, u32)>,
+}
+
+/// Reusable buffers for recvmmsg.
+pub struct RecvBatch {
+    pub bufs: Vec<Vec<u8>>,
+    pub meta: Vec<RecvMeta>,
+    addrs: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<CmsgBuf>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    pub fn new(count: usize, size: usize) -> Self {
+        Self {
+            bufs: (0..count).map(|_| vec![0u8; size]).collect(),
+            meta: vec![
+                RecvMeta {
+                    len: 0,
+                    src: None,
+                    local: None
+                };
+                count
+            ],
+            // SAFETY: all-zero is a valid sockaddr_storage/iovec/mmsghdr.
+            addrs: vec![unsafe { zeroed() }; count],
+            cmsgs: vec![CmsgBuf([0; CMSG_SPACE]); count],
+            iovs: vec![unsafe { zeroed() }; count],
+            hdrs: vec![unsafe { zeroed() }; count],
+        }
+    }
+
+    /// Receives up to a batch without blocking; returns how many arrived.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.bufs.len();
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.bufs[i].len(),
+            };
+            // SAFETY: all-zero is a valid msghdr; the pointers set below point
+            // into buffers that outlive the recvmmsg call.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE;
+            self.hdrs[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        // SAFETY: `hdrs` holds n initialised mmsghdr whose buffers are live
+        // and sized as declared; the kernel fills at most n of them.
+        let got = cvt(unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        })? as usize;
+        for i in 0..got {
+            let h = &self.hdrs[i];
+            self.meta[i] = RecvMeta {
+                len: h.msg_len as usize,
+                src: sockaddr_to_std(&self.addrs[i]),
+                // SAFETY: msg_hdr was filled by the kernel for this message.
+                local: unsafe { parse_pktinfo(&h.msg_hdr) },
+            };
+        }
+        Ok(got)
+    }
+}
+
+/// Reads the destination address out of IP_PKTINFO / IPV6_PKTINFO.
+///
+/// # Safety
+/// `h` must be a msghdr the kernel filled, whose control buffer is live.
+unsafe fn parse_pktinfo(h: &libc::msghdr) -> Option<(IpAddr, u32)> {
+    let mut c = libc::CMSG_FIRSTHDR(h);
+    while !c.is_null() {
+        let cm = &*c;
+        if cm.cmsg_level == libc::IPPROTO_IP && cm.cmsg_type == libc::IP_PKTINFO {
+            let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+            return Some((
+                IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())),
+                info.ipi_ifindex as u32,
+            ));
+        }
+        if cm.cmsg_level == libc::IPPROTO_IPV6 && cm.cmsg_type == libc::IPV6_PKTINFO {
+            let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+            return Some((
+                IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
+                info.ipi6_ifindex,
+            ));
+        }
+        c = libc::CMSG_NXTHDR(h, c);
+    }
+    None
+}
+
+/// Writes the control message choosing the source address; returns its length.
+fn build_pktinfo(buf: &mut CmsgBuf, src: (IpAddr, u32)) -> usize {
+    // SAFETY: all-zero is a valid msghdr; it only describes `buf` for the
+    // CMSG_* macros, which stay inside the CMSG_SPACE bytes of `buf`.
+    unsafe {
+        let mut h: libc::msghdr = zeroed();
+        h.msg_control = buf.0.as_mut_ptr().cast();
+        h.msg_controllen = CMSG_SPACE;
+        let c = libc::CMSG_FIRSTHDR(&h);
+        match src.0 {
+            IpAddr::V4(a) => {
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+            }
+            IpAddr::V6(a) => {
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                // A link-local source needs its interface; others route freely.
+                let ifindex = if a.segments()[0] & 0xffc0 == 0xfe80 {
+                    src.1
+                } else {
+                    0
+                };
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: ifindex,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+            }
+        }
+    }
+}
+
+/// Is this send error the kernel saying "that source address is gone"?
+/// IPv4 gives ENETUNREACH on current kernels (EADDRNOTAVAIL on some), IPv6 EINVAL.
+pub fn is_stale_source_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENETUNREACH) | Some(libc::EINVAL) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+/// A send that failed after `sent` datagrams went out.
+#[derive(Debug)]
+pub struct SendError {
+    pub sent: usize,
+    pub error: io::Error,
+}
+
+/// Sends every datagram in `packets` to `dst`, from `src` when given, with as
+/// few sendmmsg calls as the kernel allows.
+pub fn send_batch(
+    fd: RawFd,
+    dst: &SocketAddr,
+    src: Option<(IpAddr, u32)>,
+    packets: &[&[u8]],
+) -> Result<(), SendError> {
+    const MAX: usize = 64;
+    let (mut name, namelen) = sockaddr_from_std(dst);
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE]);
+    let cmsg_len = src.map(|s| build_pktinfo(&mut cmsg, s)).unwrap_or(0);
+    // SAFETY: all-zero iovec/mmsghdr arrays are valid; filled below.
+    let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+    let mut sent = 0;
+    while sent < packets.len() {
+        let chunk = &packets[sent..packets.len().min(sent + MAX)];
+        for (i, p) in chunk.iter().enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+            // SAFETY: all-zero msghdr is valid; pointers reference live locals.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = namelen;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            if cmsg_len > 0 {
+                h.msg_control = cmsg.0.as_mut_ptr().cast();
+                h.msg_controllen = cmsg_len;
+            }
+            hdrs[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        // SAFETY: the first chunk.len() headers are initialised and point at
+        // live buffers (the packets, `name`, `cmsg`) for the whole call.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                chunk.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => wait_writable(fd),
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(SendError { sent, error: e }),
+            }
+            continue;
+        }
+        sent += rc as usize;
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The send side: TUN packets and control-plane requests become encrypted
+//! datagrams to a peer's endpoint.
+//!
+//! - Route by the destination address (longest-prefix match); no peer: drop.
+//! - Encrypt in place in the read buffer (the packet is read 16 bytes in, so
+//!   header, padding and tag fit around it).
+//! - Staged packets go out before new ones once a keypair can send.
+//! - After sending, ask for a rekey (once per keypair) when the keypair is
+//!   old enough or has sent enough (kernel `keep_key_fresh`).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::clock::monotonic_now;
+use crate::messages::TRANSPORT_HEADER_LEN;
+use crate::session::{Keypair, RekeyTrigger};
+
+use super::events::{Event, HandshakeReason};
+use super::peer::{Endpoint, Peer};
+use super::sys::{self, EventFd, Readiness, SendError};
+use super::{now_ns, PeerId, Shared, MAX_PACKET};
+
+const BATCH: usize = 64;
+/// Largest packet read from the TUN device (IP packets are at most 65535 bytes).
+const MAX_INNER: usize = 65535;
+
+/// The destination address of an IP packet.
+pub fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
+    let mut lens = [0usize; BATCH];
+    let fd = shared.tun_fd();
+    loop {
+        match sys::wait_readable(fd, stop) {
+            Ok(Readiness::Readable) => {}
+            Ok(Readiness::Stop) => return,
+            Ok(Readiness::Error) => {
+                shared.events.push(Event::TunClosed {
+                    error: "TUN device reported an error (deleted?)".into(),
+                });
+                return;
+            }
+            Err(e) => {
+                shared.events.push(Event::TunClosed {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        }
+        let mut n = 0;
+        while n < BATCH {
+            match sys::read(
+                fd,
+                &mut bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER],
+            ) {
+                Ok(0) => break,
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    shared.events.push(Event::TunClosed {
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        route_and_send(shared, &mut bufs[..n], &lens[..n]);
+    }
+}
+
+fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
+    let mut routes: Vec<Option<PeerId>> = Vec::with_capacity(bufs.len());
+    if let Ok(table) = shared.allowed.read() {
+        for (buf, &len) in bufs.iter().zip(lens) {
+            let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+            routes.push(destination(packet).and_then(|d| table.lookup(d)));
+        }
+    }
+    let peers = match shared.peers.read() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let mut start = 0;
+    while start < routes.len() {
+        let id = routes[start];
+        let mut end = start + 1;
+        while end < routes.len() && routes[end] == id {
+            end += 1;
+        }
+        match id.and_then(|id| peers.get(&id).cloned()) {
+            Some(peer) => send_run(shared, &peer, &mut bufs[start..end], &lens[start..end]),
+            None => {
+                shared
+                    .counters
+                    .tx_no_route
+                    .fetch_add((end - start) as u64, Ordering::Relaxed);
+            }
+        }
+        start = end;
+    }
+}
+
+/// Sends packets that sit at offset 16 of their buffers, all for one peer.
+fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usize]) {
+    let now = monotonic_now();
+    let Some(kp) = peer.sending_keypair(now) else {
+        peer.stage(
+            bufs.iter()
+                .zip(lens)
+                .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
+        );
+        peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+        return;
+    };
+    if !peer.staged_is_empty() {
+        flush_staged(shared, peer);
+    }
+    let mtu = shared.mtu.load(Ordering::Relaxed);
+    let mut wire_lens = Vec::with_capacity(bufs.len());
+    for (i, (buf, &len)) in bufs.iter_mut().zip(lens).enumerate() {
+        match kp.seal_in_place(buf, len, mtu, now) {
+            Ok(n) => wire_lens.push(n),
+            Err(_) => {
+                // The keypair ran out (counter or age) mid-batch: keep the rest for the next one.
+                peer.stage(
+                    bufs[i..]
+                        .iter()
+                        .zip(&lens[i..])
+                        .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
+                );
+                peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+                break;
+            }
+        }
+    }
+    let slices: Vec<&[u8]> = bufs.iter().zip(&wire_lens).map(|(b, &n)| &b[..n]).collect();
+    finish_send(shared, peer, &kp, &slices, lens);
+}
+
+/// Sends sealed messages and does the bookkeeping that follows every send.
+fn finish_send(
+    shared: &Shared,
+    peer: &Arc<Peer>,
+    kp: &Keypair,
+    sealed: &[&[u8]],
+    plain_lens: &[usize],
+) {
+    let Some(ep) = peer.endpoint() else {
+        shared
+            .counters
+            .tx_dropped
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        return;
+    };
+    if send_to_endpoint(shared, peer, ep, sealed).is_err() {
+        shared
+            .counters
+            .tx_dropped
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        return;
+    }
+    let now = now_ns();
+    let mut wake = false;
+    for (m, &plain) in sealed.iter().zip(plain_lens) {
+        wake |= peer.activity.sent(now, m.len() as u64, plain > 0);
+    }
+    if wake {
+        shared.events.push(Event::Activity { peer: peer.id });
+    }
+    if kp.needs_rekey_on_send(monotonic_now()) && kp.claim_rekey_request(RekeyTrigger::OnSend) {
+        shared.events.push(Event::NeedHandshake {
+            peer: peer.id,
+            reason: HandshakeReason::RekeyOnSend,
+        });
+    }
+}
+
+/// Sends datagrams to a peer's endpoint from its sticky source, falling back
+/// to the routing table's source at once if that address is gone.
+pub(crate) fn send_to_endpoint(
+    shared: &Shared,
+    peer: &Peer,
+    ep: Endpoint,
+    messages: &[&[u8]],
+) -> io::Result<()> {
+    match send_datagrams(shared, ep.addr, ep.src, messages) {
+        Ok(()) => Ok(()),
+        Err(SendError { sent, error })
+            if ep.src.is_some() && sys::is_stale_source_error(&error) =>
+        {
+            if let Ok(mut e) = peer.endpoint.write() {
+                if let Some(cur) = e.as_mut().filter(|c| c.src == ep.src) {
+                    cur.src = None;
+                }
+            }
+            send_datagrams(shared, ep.addr, None, &messages[sent..]).map_err(|e| e.error)
+        }
+        Err(e) => Err(e.error),
+    }
+}
+
+pub(crate) fn send_datagrams(
+    shared: &Shared,
+    dst: SocketAddr,
+    src: Option<(IpAddr, u32)>,
+    messages: &[&[u8]],
+) -> Result<(), SendError> {
+    let Some(fd) = shared.socket_for(&dst) else {
+        return Err(SendError {
+            sent: 0,
+            error: io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no socket for that address family",
+            ),
+        });
+    };
+    sys::send_batch(fd.as_raw_fd(), &dst, src, messages)
+}
+
+/// Sends whatever is staged if a keypair can send (else asks for a
+/// handshake); returns how many packets went out.
+pub(crate) fn flush_staged(shared: &Shared, peer: &Arc<Peer>) -> usize {
+    let now = monotonic_now();
+    let Some(kp) = peer.sending_keypair(now) else {
+        if !peer.staged_is_empty() {
+            peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+        }
+        return 0;
+    };
+    let staged = peer.take_staged();
+    if staged.is_empty() {
+        return 0;
+    }
+    let mtu = shared.mtu.load(Ordering::Relaxed);
+    let mut sealed = Vec::with_capacity(staged.len());
+    let mut lens = Vec::with_capacity(staged.len());
+    for (i, p) in staged.iter().enumerate() {
+        match kp.encrypt(p, mtu, now) {
+            Ok(m) => {
+                sealed.push(m);
+                lens.push(p.len());
+            }
+            Err(_) => {
+                peer.stage(staged[i..].iter().map(|v| v.as_slice()));
+                peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+                break;
+            }
+        }
+    }
+    let slices: Vec<&[u8]> = sealed.iter().map(|m| m.as_slice()).collect();
+    finish_send(shared, peer, &kp, &slices, &lens);
+    slices.len()
+}
+
+/// Kernel `wg_packet_send_keepalive`: an empty packet joins the staged queue
+/// if it is empty, then the queue is sent (or a handshake requested).
+pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
+    if peer.staged_is_empty() {
+        peer.stage([&[][..]]);
+    }
+    flush_staged(shared, peer);
+}
