@@ -109,6 +109,7 @@ class Device:
         self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
         self._subscribers: list[trio.MemorySendChannel[DeviceEvent]] = []
         self.closed = trio.Event()
+        self.tun_gone = trio.Event()
 
     # --- lifecycle ------------------------------------------------------
 
@@ -413,7 +414,7 @@ class Device:
                 peer.id
             ):
                 if self.datapath.staged_count(peer.id):
-                    self.initiate_handshake(peer, is_retry=False)
+                    peer.timers.initiate_handshake(trio.current_time())
 
         self._nursery.start_soon(retry)
 
@@ -553,7 +554,7 @@ class Device:
         if kind == "tun_closed":
             log.info("%s: TUN device closed: %s", self.name, event[1])
             self._emit(DeviceEvent("tun_closed", time.time(), detail=str(event[1])))
-            self.close()
+            self.tun_gone.set()
             return
         if kind == "socket_error":
             log.warning("%s: UDP socket error: %s", self.name, event[1])
@@ -576,3 +577,44 @@ class Device:
             self._emit(DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint))  # type: ignore[arg-type]
         elif kind == "activity":
             peer.poke()
+
+    # --- UAPI support ---
+    # Used by wgpy.uapi. update_peer cannot clear a preshared key (None means
+    # "unchanged"), and ipaddress objects cost about 6 µs each, so the text
+    # variants below keep `wg setconf`/`wg showconf` of 100,000s of allowed
+    # IPs at well under a second.
+
+    def clear_preshared_key(self, public_key: PublicKey) -> None:
+        """Removes a peer's preshared key (UAPI `preshared_key=` all zeros)."""
+        peer = self._peers[public_key]
+        peer.preshared_key = None
+        peer.handshake.set_preshared_key(None)
+
+    def add_allowed_ip_prefixes(self, peer: Peer, prefixes: Iterable[tuple[str, int]]) -> None:
+        """`add_allowed_ip` for many (address text, prefix length) pairs; the
+        caller has validated them (the data plane masks host bits)."""
+        insert = self.datapath.allowed_ip_insert
+        for address, cidr in prefixes:
+            insert(address, cidr, peer.id)
+
+    def uapi_stats(self) -> list[tuple[Peer, PeerStats, list[tuple[str, int]]]]:
+        """Per peer: the peer, its PeerStats with `allowed_ips` left empty, and
+        its allowed IPs as (address text, prefix length) pairs."""
+        dp = self.datapath
+        result = []
+        for peer in self._peers.values():
+            tx, rx, *_rest, invalid = dp.activity(peer.id)
+            endpoint = dp.endpoint(peer.id)
+            stats = PeerStats(
+                public_key=peer.public_key,
+                endpoint=(str(endpoint[0]), int(endpoint[1])) if endpoint else None,
+                allowed_ips=[],
+                last_handshake=peer.last_handshake,
+                rx_bytes=rx,
+                tx_bytes=tx,
+                persistent_keepalive=peer.persistent_keepalive,
+                has_preshared_key=peer.preshared_key is not None,
+                invalid_source_packets=invalid,
+            )
+            result.append((peer, stats, dp.allowed_ips(peer.id)))
+        return result

@@ -49,6 +49,7 @@ class _Seen:
     first_tx_data: float = 0.0
     first_rx_data: float = 0.0
     last_rx_data: float = 0.0
+    last_tx_data: float = 0.0
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Peer:
 
     def reconcile(self, now: float) -> None:
         """Replays the data plane's activity into the timers, in time order."""
-        (_tx, _rx, last_tx, last_rx, first_tx, first_rx, last_rx_data, _inv) = (
+        (_tx, _rx, last_tx, last_rx, first_tx, first_rx, last_rx_data, last_tx_data, _inv) = (
             self.device.datapath.activity(self.id)
         )
         offset = now - time.monotonic()
@@ -118,12 +119,16 @@ class Peer:
             events.append((first_tx, 1, "data_sent"))
         if first_rx and first_rx != s.first_rx_data:
             events.append((first_rx, 1, "data_received"))
+        if first_tx and last_tx_data > max(first_tx, s.last_tx_data):
+            # Re-arms new_handshake if it fired while sends went on unanswered.
+            events.append((last_tx_data, 2, "data_sent"))
         if first_rx and last_rx_data > max(first_rx, s.last_rx_data):
             # More data arrived while the passive keepalive was pending.
             events.append((last_rx_data, 2, "data_received"))
         s.last_tx_auth, s.last_rx_auth = max(s.last_tx_auth, last_tx), max(s.last_rx_auth, last_rx)
         s.first_tx_data, s.first_rx_data = first_tx, first_rx
         s.last_rx_data = max(s.last_rx_data, last_rx_data)
+        s.last_tx_data = max(s.last_tx_data, last_tx_data)
         for at, _, kind in sorted(events):
             t = at + offset
             if kind == "sent":
@@ -152,7 +157,7 @@ class Peer:
 
     def stats(self) -> PeerStats:
         dp = self.device.datapath
-        tx, rx, *_rest, invalid = dp.activity(self.id)
+        tx, rx, *_times, invalid = dp.activity(self.id)
         endpoint = dp.endpoint(self.id)
         nets = [ipaddress.ip_network(f"{ip}/{cidr}") for ip, cidr in dp.allowed_ips(self.id)]
         return PeerStats(

@@ -1,7 +1,8 @@
 """The per-peer timers: the kernel's `timers.c` state machine, driven by explicit timestamps.
 
 - retransmit_handshake: armed for REKEY_TIMEOUT + jitter when an initiation is sent; on expiry
-  resend it as a retry, or after MAX_TIMER_HANDSHAKES retries give up (purge staged packets).
+  resend it as a retry, 19 times (20 sends in all), then give up: purge the staged packets and
+  wipe the keys 540 s later.
 - send_keepalive: armed for KEEPALIVE_TIMEOUT when data (not a keepalive) is received, unless
   pending (then one more is owed); any authenticated send deletes it.
 - new_handshake: armed for KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter when data is sent, unless
@@ -114,7 +115,11 @@ class PeerTimers:
 
     @property
     def now(self) -> float:
-        """The time of the latest event or expiry processed (-inf before the first)."""
+        """The time of the latest event or expiry processed (-inf before the first).
+
+        While an expiry handler calls an action, this is the handler's deadline: the time the
+        kernel would have acted at.
+        """
         return self._now
 
     @property

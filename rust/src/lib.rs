@@ -638,7 +638,7 @@ mod python {
         }
     }
 
-    type ActivityTuple = (u64, u64, f64, f64, f64, f64, f64, u64);
+    type ActivityTuple = (u64, u64, f64, f64, f64, f64, f64, f64, u64);
 
     #[pyclass(module = "wgpy._core", name = "Datapath", frozen)]
     struct PyDatapath(Arc<datapath::Datapath>);
@@ -861,7 +861,7 @@ mod python {
 
         /// Byte counters and activity times (CLOCK_MONOTONIC seconds, 0.0 = never):
         /// (tx_bytes, rx_bytes, last_tx_auth, last_rx_auth, first_tx_data_since_rx,
-        ///  first_rx_data_since_tx, last_rx_data, invalid_source)
+        ///  first_rx_data_since_tx, last_rx_data, last_tx_data, invalid_source)
         fn activity(&self, peer: u64) -> PyResult<ActivityTuple> {
             let a = self.0.activity(peer)?;
             Ok((
@@ -872,6 +872,7 @@ mod python {
                 ns_to_secs(a.first_tx_data_since_rx),
                 ns_to_secs(a.first_rx_data_since_tx),
                 ns_to_secs(a.last_rx_data),
+                ns_to_secs(a.last_tx_data),
                 a.invalid_source,
             ))
         }

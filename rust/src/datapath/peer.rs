@@ -12,7 +12,7 @@
 //!   so that replaying them in time order gives the kernel's timer events:
 //!   last authenticated send/receive, first data send since the last
 //!   authenticated receive, first data receive since the last authenticated
-//!   send, last data receive. A "watch" bit per first-since value makes the
+//!   send, last data send and receive. A "watch" bit per first-since value makes the
 //!   data plane wake the control plane only when it is not already waiting on it.
 
 use std::collections::VecDeque;
@@ -97,6 +97,7 @@ pub struct Activity {
     pub first_tx_data_since_rx: AtomicU64,
     pub first_rx_data_since_tx: AtomicU64,
     pub last_rx_data: AtomicU64,
+    pub last_tx_data: AtomicU64,
     /// Data packets whose inner source address belongs to another peer.
     pub invalid_source: AtomicU64,
     watch: AtomicU8,
@@ -112,6 +113,7 @@ pub struct ActivitySnapshot {
     pub first_tx_data_since_rx: u64,
     pub first_rx_data_since_tx: u64,
     pub last_rx_data: u64,
+    pub last_tx_data: u64,
     pub invalid_source: u64,
 }
 
@@ -138,7 +140,11 @@ impl Activity {
         if self.first_rx_data_since_tx.load(Ordering::Relaxed) != 0 {
             self.first_rx_data_since_tx.store(0, Ordering::SeqCst);
         }
-        is_data && self.mark_first(&self.first_tx_data_since_rx, WATCH_TX, now)
+        if !is_data {
+            return false;
+        }
+        self.last_tx_data.store(now, Ordering::Relaxed);
+        self.mark_first(&self.first_tx_data_since_rx, WATCH_TX, now)
     }
 
     /// An authenticated packet arrived: returns true if the control plane must be woken.
@@ -178,6 +184,7 @@ impl Activity {
             first_tx_data_since_rx: self.first_tx_data_since_rx.load(Ordering::SeqCst),
             first_rx_data_since_tx: self.first_rx_data_since_tx.load(Ordering::SeqCst),
             last_rx_data: self.last_rx_data.load(Ordering::Relaxed),
+            last_tx_data: self.last_tx_data.load(Ordering::Relaxed),
             invalid_source: self.invalid_source.load(Ordering::Relaxed),
         }
     }

@@ -1,0 +1,5 @@
+import sys
+
+from wgpy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""Talking to a running wgpy (or wireguard-go) daemon over its UAPI socket.
+
+This is the client side of the cross-platform userspace API: what `wg`
+does, for the `wgpy up/down/show` commands and the demo. One request per
+connection, as wg(8) does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_DIR = Path(os.environ.get("WGPY_RUN_DIR", "/var/run/wireguard"))
+
+
+class ControlError(Exception):
+    """The daemon could not be reached or refused the request."""
+
+
+def socket_path(iface: str) -> Path:
+    return RUN_DIR / f"{iface}.sock"
+
+
+def interfaces() -> list[str]:
+    """Interfaces with a UAPI socket, as `wg show interfaces` lists them."""
+    if not RUN_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in RUN_DIR.glob("*.sock") if p.is_socket())
+
+
+def _exchange(iface: str, request: bytes, timeout: float = 10.0) -> str:
+    path = socket_path(iface)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except OSError as e:
+            raise ControlError(f"{iface}: cannot reach {path}: {e.strerror or e}") from None
+        s.sendall(request)
+        chunks: list[bytes] = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if b"".join(chunks[-2:]).endswith(b"\n\n"):
+                break
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _errno(reply: str) -> int:
+    for line in reversed(reply.splitlines()):
+        if line.startswith("errno="):
+            return int(line[6:])
+    raise ControlError("reply without errno")
+
+
+def set_config(iface: str, lines: list[str]) -> None:
+    """Sends `set=1` with the given key=value lines."""
+    body = "set=1\n" + "".join(f"{line}\n" for line in lines) + "\n"
+    reply = _exchange(iface, body.encode())
+    code = _errno(reply)
+    if code != 0:
+        raise ControlError(f"{iface}: configuration rejected ({os.strerror(abs(code))})")
+
+
+@dataclass
+class PeerState:
+    public_key: str
+    preshared_key: str | None = None
+    endpoint: str | None = None
+    last_handshake: float | None = None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    persistent_keepalive: int = 0
+    allowed_ips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeviceState:
+    name: str
+    private_key: str | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: list[PeerState] = field(default_factory=list)
+
+
+def _b64(hex_key: str) -> str:
+    import base64
+
+    return base64.b64encode(bytes.fromhex(hex_key)).decode()
+
+
+def get_state(iface: str) -> DeviceState:
+    """Sends `get=1` and parses the reply."""
+    reply = _exchange(iface, b"get=1\n\n")
+    if _errno(reply) != 0:
+        raise ControlError(f"{iface}: get failed")
+    state = DeviceState(iface)
+    peer: PeerState | None = None
+    sec = nsec = 0
+    for line in reply.splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            peer = PeerState(_b64(value))
+            state.peers.append(peer)
+            sec = nsec = 0
+        elif peer is None:
+            if key == "private_key":
+                state.private_key = _b64(value)
+            elif key == "listen_port":
+                state.listen_port = int(value)
+            elif key == "fwmark":
+                state.fwmark = int(value)
+        elif key == "preshared_key":
+            peer.preshared_key = None if set(value) == {"0"} else _b64(value)
+        elif key == "endpoint":
+            peer.endpoint = value
+        elif key == "last_handshake_time_sec":
+            sec = int(value)
+        elif key == "last_handshake_time_nsec":
+            nsec = int(value)
+            peer.last_handshake = sec + nsec / 1e9 if sec or nsec else None
+        elif key == "rx_bytes":
+            peer.rx_bytes = int(value)
+        elif key == "tx_bytes":
+            peer.tx_bytes = int(value)
+        elif key == "persistent_keepalive_interval":
+            peer.persistent_keepalive = int(value)
+        elif key == "allowed_ip":
+            peer.allowed_ips.append(value)
+    return state

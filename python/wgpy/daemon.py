@@ -1,0 +1,151 @@
+"""`wgpy IFACE`: the userspace WireGuard daemon, as `wireguard-go IFACE` behaves.
+
+- Creates the TUN interface and the UAPI socket, then detaches into the
+  background; the launching process exits 0 only once the socket accepts
+  connections (wg-quick runs `wg setconf` right after it returns), 1 if
+  setup failed, with the reason on stderr.
+- `-f`/`--foreground` or WG_PROCESS_FOREGROUND=1 keep it in the foreground.
+- LOG_LEVEL=verbose|debug|error|silent sets verbosity.
+- Exits cleanly on SIGINT/SIGTERM, when the TUN interface is deleted and
+  when the UAPI socket file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import trio
+
+from wgpy.control import socket_path
+from wgpy.device import Device
+from wgpy.tun import valid_interface_name
+
+log = logging.getLogger("wgpy")
+
+READY_FD_ENV = "WGPY_READY_FD"
+LOG_LEVELS = {
+    "verbose": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "error": logging.ERROR,
+    "silent": logging.CRITICAL + 1,
+}
+
+
+def configure_logging() -> None:
+    level = LOG_LEVELS.get(os.environ.get("LOG_LEVEL", "error").lower(), logging.ERROR)
+    logging.basicConfig(level=level, format="%(levelname)s: %(name)s: %(message)s")
+
+
+async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
+    """Runs the device until a stop condition; `ready(None)` once serving,
+    `ready(reason)` if setup failed."""
+    from wgpy.uapi import serve_uapi, wait_socket_removed
+
+    path = socket_path(iface)
+    try:
+        device = Device(iface)
+        await device.__aenter__()
+    except OSError as e:
+        ready(f"cannot create interface {iface}: {e.strerror or e}")
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(serve_uapi, device, path)
+            except OSError as e:
+                ready(f"cannot serve {path}: {e.strerror or e}")
+                nursery.cancel_scope.cancel()
+                return
+            ready(None)
+
+            async def stop_when(what: str, waiter: Callable[[], object]) -> None:
+                await waiter()  # type: ignore[misc]
+                log.info("%s: %s, shutting down", iface, what)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when, "UAPI socket removed", lambda: wait_socket_removed(path))
+            nursery.start_soon(stop_when, "TUN interface gone", device.tun_gone.wait)
+            nursery.start_soon(stop_when, "signal received", _wait_for_signal)
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        await device.__aexit__(None, None, None)
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+def run_foreground(iface: str) -> int:
+    """Runs in this process; reports readiness on WGPY_READY_FD if set."""
+    ready_fd = os.environ.pop(READY_FD_ENV, None)
+    failure: list[str] = []
+
+    def ready(reason: str | None) -> None:
+        if reason is not None:
+            failure.append(reason)
+            print(f"wgpy: {reason}", file=sys.stderr)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(int(ready_fd), (reason or "ok").encode() + b"\n")
+                os.close(int(ready_fd))
+
+    trio.run(run_device, iface, ready)
+    return 1 if failure else 0
+
+
+def launch_background(iface: str) -> int:
+    """Starts the daemon detached and waits until it serves or fails."""
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, WG_PROCESS_FOREGROUND="1", **{READY_FD_ENV: str(write_end)})
+    with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
+        subprocess.Popen(
+            [sys.executable, "-m", "wgpy", iface],
+            env=env,
+            pass_fds=(write_end,),
+            stdin=devnull_in,
+            stdout=devnull_out,
+            stderr=devnull_out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        answer = r.readline().decode().strip()
+    if answer == "ok":
+        return 0
+    print(f"wgpy: {answer or 'the daemon exited during setup'}", file=sys.stderr)
+    return 1
+
+
+def main(args: list[str]) -> int:
+    foreground = os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    names = []
+    for a in args:
+        if a in ("-f", "--foreground"):
+            foreground = True
+        elif a.startswith("-"):
+            print(f"wgpy: unknown option {a}", file=sys.stderr)
+            return 1
+        else:
+            names.append(a)
+    if len(names) != 1:
+        print("Usage: wgpy [-f/--foreground] INTERFACE-NAME", file=sys.stderr)
+        return 1
+    iface = names[0]
+    if not valid_interface_name(iface):
+        print(f"wgpy: invalid interface name {iface!r}", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print("wgpy: creating an interface needs root (CAP_NET_ADMIN)", file=sys.stderr)
+        return 1
+    configure_logging()
+    return run_foreground(iface) if foreground else launch_background(iface)

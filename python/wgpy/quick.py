@@ -1,0 +1,291 @@
+"""`wgpy up` / `wgpy down`: wg-quick(8) for wgpy, in Python.
+
+The steps and their order are wg-quick's (linux.bash):
+- up: PreUp hooks, start the daemon (`wgpy IFACE`), apply the wg(8) part of
+  the file through the UAPI socket, addresses, MTU (the file's, else the
+  largest route MTU towards the endpoints or the default route, minus 80),
+  DNS through resolvconf, a route per allowed IP (longest prefixes first;
+  Table=off skips them, Table=N puts them in table N), PostUp hooks.
+- A /0 allowed IP (full tunnel) uses policy routing: the device gets fwmark
+  51820 (or the first free table number), its table holds the default
+  route, and two rules send everything not marked there while keeping the
+  main table's more specific routes (`suppress_prefixlength 0`).
+- down: PreDown hooks, SaveConfig, the policy rules, the interface (which
+  stops the daemon), DNS, PostDown hooks.
+- If `up` fails half-way, what it set up is taken down again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from wgpy import control
+from wgpy.config import Config, ConfigError, load, resolve_endpoint
+from wgpy.tun import valid_interface_name
+
+CONFIG_DIR = Path("/etc/wireguard")
+DEFAULT_TABLE = 51820
+FIB_RULE_INVERT = 0x2
+MAIN_TABLE = 254
+
+
+class QuickError(Exception):
+    pass
+
+
+def config_path(arg: str) -> tuple[Path, str]:
+    """wg-quick's rule: a bare interface name means /etc/wireguard/NAME.conf."""
+    if "/" not in arg and not arg.endswith(".conf"):
+        path = CONFIG_DIR / f"{arg}.conf"
+    else:
+        path = Path(arg)
+    name = path.name.removesuffix(".conf")
+    if not path.name.endswith(".conf") or not valid_interface_name(name):
+        raise QuickError(f"the config file must be a valid interface name followed by .conf: {path}")
+    return path, name
+
+
+def run_hooks(commands: list[str], iface: str) -> None:
+    for cmd in commands:
+        cmd = cmd.replace("%i", iface)
+        print(f"[#] {cmd}", file=sys.stderr)
+        if subprocess.run(["bash", "-c", cmd], check=False).returncode != 0:
+            raise QuickError(f"hook failed: {cmd}")
+
+
+def uapi_lines(config: Config) -> list[str]:
+    """The `set=1` body `wg setconf` would send for this file."""
+    i = config.interface
+    lines = [f"private_key={i.private_key.to_bytes().hex()}" if i.private_key else "private_key=" + "0" * 64]
+    if i.listen_port is not None:
+        lines.append(f"listen_port={i.listen_port}")
+    if i.fwmark is not None:
+        lines.append(f"fwmark={i.fwmark}")
+    lines.append("replace_peers=true")
+    for p in config.peers:
+        lines.append(f"public_key={bytes(p.public_key).hex()}")
+        if p.preshared_key is not None:
+            lines.append(f"preshared_key={p.preshared_key.to_bytes().hex()}")
+        if p.endpoint is not None:
+            host, port = resolve_endpoint(p.endpoint)
+            lines.append(f"endpoint=[{host}]:{port}" if ":" in host else f"endpoint={host}:{port}")
+        if p.persistent_keepalive:
+            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip={net}" for net in p.allowed_ips]
+    return lines
+
+
+def _link_mtu(ipr: IPRoute, index: int) -> int:
+    links = ipr.get_links(index)
+    return int(links[0].get_attr("IFLA_MTU") or 0) if links else 0
+
+
+def _route_mtu(ipr: IPRoute, dst: str | None) -> int:
+    try:
+        routes = ipr.route("get", dst=dst) if dst else ipr.get_default_routes()
+    except NetlinkError:
+        return 0
+    best = 0
+    for r in routes:
+        metrics = r.get_attr("RTA_METRICS")
+        mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+        oif = r.get_attr("RTA_OIF")
+        best = max(best, int(mtu) if mtu else (_link_mtu(ipr, oif) if oif else 0))
+    return best
+
+
+def tunnel_mtu(config: Config, ipr: IPRoute) -> int:
+    if config.interface.mtu:
+        return config.interface.mtu
+    mtu = 0
+    for p in config.peers:
+        if p.endpoint is not None:
+            host, _ = resolve_endpoint(p.endpoint)
+            mtu = max(mtu, _route_mtu(ipr, host))
+    if mtu == 0:
+        mtu = _route_mtu(ipr, None)
+    return (mtu or 1500) - 80
+
+
+def _next_priority(ipr: IPRoute, family: int) -> int:
+    """What the kernel picks for a rule added without a priority."""
+    prefs = sorted(r.get_attr("FRA_PRIORITY") or 0 for r in ipr.get_rules(family=family))
+    nonzero = [p for p in prefs if p > 0]
+    return (nonzero[0] if nonzero else 32766) - 1
+
+
+def _free_table(ipr: IPRoute) -> int:
+    table = DEFAULT_TABLE
+    while any(ipr.get_routes(family=f, table=table) for f in (2, 10)):
+        table += 1
+    return table
+
+
+def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
+    table_opt = config.interface.table
+    if table_opt == "off":
+        return
+    nets = sorted(
+        {net for p in config.peers for net in p.allowed_ips},
+        key=lambda n: (n.prefixlen, n.version),
+        reverse=True,
+    )
+    fwmark: int | None = config.interface.fwmark or None
+    for net in nets:
+        family = 10 if net.version == 6 else 2
+        if table_opt not in (None, "auto"):
+            ipr.route("replace", dst=str(net), oif=index, table=int(table_opt), family=family)
+        elif net.prefixlen == 0:
+            if fwmark is None:
+                fwmark = _free_table(ipr)
+                control.set_config(iface, [f"fwmark={fwmark}"])
+            ipr.rule("add", table=fwmark, fwmark=fwmark, flags=FIB_RULE_INVERT, family=family, priority=_next_priority(ipr, family))
+            ipr.rule("add", table=MAIN_TABLE, suppress_prefixlen=0, family=family, priority=_next_priority(ipr, family))
+            ipr.route("replace", dst=str(net), oif=index, table=fwmark, family=family)
+            if family == 2:
+                Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text("1\n")
+        else:
+            ipr.route("replace", dst=str(net), oif=index, family=family)
+
+
+def remove_policy_rules(iface: str, ipr: IPRoute) -> None:
+    """Removes the rules `add_routes` made for a full tunnel (by the device's fwmark)."""
+    try:
+        fwmark = control.get_state(iface).fwmark
+    except control.ControlError:
+        fwmark = 0
+    if not fwmark:
+        return
+    for family in (2, 10):
+        for rule in ipr.get_rules(family=family):
+            table = rule.get_attr("FRA_TABLE")
+            suppress = rule.get_attr("FRA_SUPPRESS_PREFIXLEN")
+            if table == fwmark or (table == MAIN_TABLE and suppress == 0):
+                ipr.rule("del", family=family, priority=rule.get_attr("FRA_PRIORITY"), table=table)
+
+
+def set_dns(config: Config, iface: str) -> bool:
+    dns = config.interface.dns
+    if not dns:
+        return False
+    if shutil.which("resolvconf") is None:
+        raise QuickError("DNS is set but resolvconf is not installed")
+    lines = []
+    for entry in dns:
+        try:
+            ipaddress.ip_address(entry)
+            lines.append(f"nameserver {entry}")
+        except ValueError:
+            lines.append(f"search {entry}")
+    subprocess.run(
+        ["resolvconf", "-a", f"tun.{iface}", "-m", "0", "-x"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        check=True,
+    )
+    return True
+
+
+def unset_dns(iface: str) -> None:
+    if shutil.which("resolvconf") is not None:
+        subprocess.run(["resolvconf", "-d", f"tun.{iface}", "-f"], capture_output=True, check=False)
+
+
+def delete_link(iface: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if found:
+            ipr.link("del", index=found[0])
+    # The daemon exits when its TUN device goes; give it a moment to remove its socket.
+    deadline = time.monotonic() + 5
+    while control.socket_path(iface).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_daemon(iface: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "wgpy", iface], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise QuickError(r.stderr.strip().removeprefix("wgpy: ") or "the daemon failed to start")
+
+
+def up(path: Path, iface: str) -> None:
+    config = load(str(path))
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=iface):
+            raise QuickError(f"`{iface}' already exists")
+    run_hooks(config.interface.pre_up, iface)
+    start_daemon(iface)
+    try:
+        control.set_config(iface, uapi_lines(config))
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=iface)[0]
+            for addr in config.interface.addresses:
+                ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            ipr.link("set", index=index, mtu=tunnel_mtu(config, ipr), state="up")
+            set_dns(config, iface)
+            add_routes(config, iface, index, ipr)
+        run_hooks(config.interface.post_up, iface)
+    except BaseException:
+        with IPRoute() as ipr:
+            remove_policy_rules(iface, ipr)
+        delete_link(iface)
+        unset_dns(iface)
+        raise
+
+
+def save_config(path: Path, iface: str, config: Config) -> None:
+    state = control.get_state(iface)
+    text = config.with_runtime_state(state).to_wg_quick() if hasattr(config, "with_runtime_state") else None
+    if text is not None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
+def down(path: Path | None, iface: str) -> None:
+    if iface not in control.interfaces():
+        raise QuickError(f"`{iface}' is not a WireGuard interface")
+    config = load(str(path)) if path is not None and path.exists() else None
+    if config is not None:
+        run_hooks(config.interface.pre_down, iface)
+        if config.interface.save_config:
+            save_config(path, iface, config)  # type: ignore[arg-type]
+    with IPRoute() as ipr:
+        remove_policy_rules(iface, ipr)
+    delete_link(iface)
+    unset_dns(iface)
+    if config is not None:
+        run_hooks(config.interface.post_down, iface)
+
+
+def main(action: str, args: list[str]) -> int:
+    if len(args) != 1:
+        print(f"Usage: wgpy {action} CONFIG_FILE|INTERFACE", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print(f"wgpy {action}: needs root (CAP_NET_ADMIN)", file=sys.stderr)
+        return 1
+    try:
+        path, iface = config_path(args[0])
+        if action == "up":
+            up(path, iface)
+        else:
+            down(path, iface)
+    except (QuickError, ConfigError, control.ControlError, NetlinkError, OSError) as e:
+        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"wgpy {action}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+

@@ -1,0 +1,78 @@
+"""`wgpy show`: the state of running interfaces, as `wg show` prints it, or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+from wgpy._core import PrivateKey
+from wgpy.control import DeviceState, PeerState
+
+
+def _ago(t: float, now: float) -> str:
+    seconds = max(0, int(now - t))
+    if seconds == 0:
+        return "Now"
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n} {name}{'s' if n != 1 else ''}")
+    return ", ".join(parts) + " ago"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _public_key(state: DeviceState) -> str | None:
+    return PrivateKey.from_base64(state.private_key).public_key().to_base64() if state.private_key else None
+
+
+def _peer_text(p: PeerState, now: float) -> list[str]:
+    lines = [f"peer: {p.public_key}"]
+    if p.preshared_key:
+        lines.append("  preshared key: (hidden)")
+    if p.endpoint:
+        lines.append(f"  endpoint: {p.endpoint}")
+    lines.append(f"  allowed ips: {', '.join(p.allowed_ips) if p.allowed_ips else '(none)'}")
+    if p.last_handshake:
+        lines.append(f"  latest handshake: {_ago(p.last_handshake, now)}")
+    if p.rx_bytes or p.tx_bytes:
+        lines.append(f"  transfer: {_bytes(p.rx_bytes)} received, {_bytes(p.tx_bytes)} sent")
+    if p.persistent_keepalive:
+        lines.append(f"  persistent keepalive: every {p.persistent_keepalive} seconds")
+    return lines
+
+
+def as_text(state: DeviceState) -> str:
+    now = time.time()
+    lines = [f"interface: {state.name}"]
+    pub = _public_key(state)
+    if pub:
+        lines += [f"  public key: {pub}", "  private key: (hidden)"]
+    if state.listen_port:
+        lines.append(f"  listening port: {state.listen_port}")
+    if state.fwmark:
+        lines.append(f"  fwmark: {state.fwmark:#x}")
+    for p in sorted(state.peers, key=lambda p: p.last_handshake or 0, reverse=True):
+        lines.append("")
+        lines += _peer_text(p, now)
+    return "\n".join(lines)
+
+
+def as_json(states: list[DeviceState]) -> str:
+    """Secrets are never printed: private and preshared keys are left out."""
+    out = []
+    for s in states:
+        d = asdict(s)
+        d.pop("private_key")
+        d["public_key"] = _public_key(s)
+        for p in d["peers"]:
+            p["has_preshared_key"] = p.pop("preshared_key") is not None
+        out.append(d)
+    return json.dumps(out, indent=2)

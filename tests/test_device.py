@@ -1,0 +1,133 @@
+"""The wgpy device against wireguard-go and against itself, in namespaces.
+
+Every node is configured with the real `wg` tool through its UAPI socket,
+so the same steps drive both implementations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import wgpy
+from netns import NetnsLab, require_programs, require_tun, wait_until
+from transfer import start_tcp_transfer, tcp_transfer
+from wgnet import (
+    INNER_V4,
+    INNER_V6,
+    WGPY,
+    WIREGUARD_GO,
+    endpoint_text,
+    make_pair,
+    start_node,
+)
+
+PAIRS = [(WGPY, WIREGUARD_GO), (WIREGUARD_GO, WGPY), (WGPY, WGPY)]
+
+
+def pair_id(p: tuple[str, str]) -> str:
+    return f"{p[0]}-initiates-{p[1]}"
+
+
+@pytest.fixture(autouse=True)
+def _needs_tools() -> None:
+    require_programs("wireguard-go", "wg", "ping", "ss")
+    require_tun()
+
+
+@pytest.mark.parametrize("impls", PAIRS, ids=pair_id)
+@pytest.mark.parametrize("outer_v6", [False, True], ids=["outer-v4", "outer-v6"])
+@pytest.mark.parametrize("with_psk", [False, True], ids=["no-psk", "psk"])
+def test_handshake_and_ping_both_ways(
+    netns_lab: NetnsLab, impls: tuple[str, str], outer_v6: bool, with_psk: bool
+) -> None:
+    psk = wgpy.PresharedKey.generate() if with_psk else None
+    pair = make_pair(netns_lab, *impls, outer_v6=outer_v6, preshared_key=psk)
+    # a knows b's endpoint, so a's first packet starts the handshake.
+    assert pair.a.ping(INNER_V4[1]), "a -> b over inner IPv4"
+    assert pair.a.ping(INNER_V6[1]), "a -> b over inner IPv6"
+    assert pair.b.ping(INNER_V4[0]), "b -> a over inner IPv4"
+    assert pair.b.ping(INNER_V6[0]), "b -> a over inner IPv6"
+    seen_by_b = pair.b.peer_dump(pair.a.public_key)
+    seen_by_a = pair.a.peer_dump(pair.b.public_key)
+    assert seen_by_b.endpoint == endpoint_text(pair.outer[0], pair.a.port)
+    assert seen_by_a.endpoint == endpoint_text(pair.outer[1], pair.b.port)
+    for dump in (seen_by_a, seen_by_b):
+        assert dump.latest_handshake > 0
+        assert dump.rx > 0 and dump.tx > 0
+        assert dump.preshared_key == (psk.to_base64() if psk else "(none)")
+
+
+@pytest.mark.parametrize(
+    "impls", [(WGPY, WIREGUARD_GO), (WIREGUARD_GO, WGPY), (WGPY, WGPY)], ids=pair_id
+)
+def test_200mb_tcp_transfer_is_intact(netns_lab: NetnsLab, impls: tuple[str, str]) -> None:
+    pair = make_pair(netns_lab, *impls, preshared_key=wgpy.PresharedKey.generate())
+    assert pair.a.ping(INNER_V4[1])
+    result = tcp_transfer(pair.a.ns, pair.b.ns, INNER_V4[1], 200 * 1024 * 1024)
+    assert result.received_bytes == result.sent_bytes == 200 * 1024 * 1024
+    assert result.received_sha256 == result.sent_sha256
+    # The counters on each side agree with the volume that went through.
+    assert pair.a.peer_dump(pair.b.public_key).tx > 200 * 1024 * 1024
+    assert pair.b.peer_dump(pair.a.public_key).rx > 200 * 1024 * 1024
+
+
+def test_wrong_preshared_key_never_completes(netns_lab: NetnsLab) -> None:
+    pair = make_pair(netns_lab, WGPY, WIREGUARD_GO, preshared_key=wgpy.PresharedKey.generate())
+    pair.b.set_peer(pair.a, [f"{INNER_V4[0]}/32"], preshared_key=wgpy.PresharedKey.generate())
+    assert not pair.a.ping(INNER_V4[1], count=2, timeout=1)
+    assert pair.a.peer_dump(pair.b.public_key).latest_handshake == 0
+
+
+def test_cryptokey_routing_longest_prefix_and_source_check(netns_lab: NetnsLab) -> None:
+    """One wgpy device, two wireguard-go peers with overlapping allowed IPs."""
+    lab = netns_lab
+    hub_ns, x_ns, y_ns = lab.namespace(), lab.namespace(), lab.namespace()
+    lab.veth(hub_ns, x_ns, ["10.77.1.1/24"], ["10.77.1.2/24"])
+    lab.veth(hub_ns, y_ns, ["10.77.2.1/24"], ["10.77.2.2/24"])
+    hub = start_node(lab, hub_ns, WGPY, port=51820, addresses=["10.201.0.1/24"])
+    x = start_node(lab, x_ns, WIREGUARD_GO, port=51821, addresses=["10.200.1.1/16"])
+    y = start_node(lab, y_ns, WIREGUARD_GO, port=51822, addresses=["10.200.5.1/24"])
+    hub.set_peer(x, ["10.200.0.0/16"], endpoint=("10.77.1.2", x.port))
+    hub.set_peer(y, ["10.200.5.0/24"], endpoint=("10.77.2.2", y.port))
+    for node in (x, y):
+        node.set_peer(hub, ["10.201.0.0/24"])
+        node.ns.ip("route", "add", "10.201.0.0/24", "dev", node.iface)
+    hub.ns.ip("route", "add", "10.200.0.0/16", "dev", hub.iface)
+    # 10.200.5.1 is inside both prefixes: the /24 (y) must win over the /16 (x).
+    assert hub.ping("10.200.5.1"), "the longer prefix routes to y"
+    assert hub.ping("10.200.1.1"), "the shorter prefix routes to x"
+    # x claims an address that routes to y: wgpy must drop it, not deliver it.
+    x.ns.ip("address", "add", "10.200.5.9/32", "dev", x.iface)
+    assert not x.ping("10.201.0.1", source="10.200.5.9", count=2, timeout=1)
+    assert x.ping("10.201.0.1", source="10.200.1.1")
+    stats = hub_stats(hub)
+    x_stats = next(p for p in stats["peers"] if p["public_key"] == x.public_key.to_base64())
+    assert x_stats["invalid_source_packets"] >= 2
+
+
+def hub_stats(node) -> dict:  # noqa: ANN001
+    import json
+    import sys
+
+    out = node.ns.run([sys.executable, "-m", "wgpy", "show", node.iface, "--json"]).stdout
+    return json.loads(out)[0]
+
+
+def test_roaming_client_address_change_keeps_tcp_alive(netns_lab: NetnsLab) -> None:
+    """wgpy's underlay address changes mid-stream; wireguard-go follows it."""
+    pair = make_pair(netns_lab, WGPY, WIREGUARD_GO)
+    a = pair.a
+    veth = next(name for ns, name in netns_lab.links if ns == a.ns.name and name.startswith("va"))
+    a.ns.run(["sysctl", "-q", "-w", f"net.ipv4.conf.{veth}.promote_secondaries=1"])
+    assert a.ping(INNER_V4[1])
+    assert pair.b.peer_dump(a.public_key).endpoint == f"10.77.0.1:{a.port}"
+
+    job = start_tcp_transfer(a.ns, pair.b.ns, INNER_V4[1], 16 * 1024 * 1024, pace=0.02)
+    wait_until(
+        lambda: pair.b.peer_dump(a.public_key).rx > 1_000_000, timeout=20, what="stream running"
+    )
+    a.ns.ip("address", "add", "10.77.0.11/24", "dev", veth)
+    a.ns.ip("address", "del", "10.77.0.1/24", "dev", veth)
+    r = job.finish()
+    assert r.received_sha256 == r.sent_sha256
+    assert r.longest_gap < 2.0, f"stream stalled {r.longest_gap:.2f} s"
+    assert pair.b.peer_dump(a.public_key).endpoint == f"10.77.0.11:{a.port}"
