@@ -40,6 +40,21 @@ from wgpy._core import (
     open_initiation,
     receiver_index,
 )
+from wgpy.config import (
+    Config,
+    ConfigError,
+    Endpoint,
+    InterfaceConfig,
+    PeerConfig,
+    load,
+    parse,
+    read_key_file,
+    resolve_endpoint,
+    save,
+    write_private_key,
+)
+from wgpy.device import Device, DeviceError, DeviceEvent
+from wgpy.peer import Peer, PeerStats
 
 MESSAGE_INITIATION = 1
 MESSAGE_RESPONSE = 2
@@ -65,13 +80,23 @@ __all__ = [
     "RESPONSE_LEN",
     "TRANSPORT_MIN_LEN",
     "AuthenticationError",
+    "Config",
+    "ConfigError",
     "CookieChecker",
+    "Device",
+    "DeviceError",
+    "DeviceEvent",
+    "Endpoint",
     "Handshake",
     "HandshakeStateError",
     "Initiation",
+    "InterfaceConfig",
     "InvalidKeyError",
     "ManualClock",
     "MessageFormatError",
+    "Peer",
+    "PeerConfig",
+    "PeerStats",
     "PresharedKey",
     "PrivateKey",
     "ProtocolError",
@@ -81,7 +106,13 @@ __all__ = [
     "Session",
     "SessionExpiredError",
     "inner_packet_len",
+    "load",
     "message_type",
     "open_initiation",
+    "parse",
+    "read_key_file",
     "receiver_index",
+    "resolve_endpoint",
+    "save",
+    "write_private_key",
 ]

@@ -39,8 +39,10 @@ LOG_LEVELS = {
 
 
 def configure_logging() -> None:
+    """LOG_LEVEL applies to wgpy's own messages; libraries stay at warnings."""
     level = LOG_LEVELS.get(os.environ.get("LOG_LEVEL", "error").lower(), logging.ERROR)
-    logging.basicConfig(level=level, format="%(levelname)s: %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    log.setLevel(level)
 
 
 async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:

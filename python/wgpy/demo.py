@@ -114,7 +114,20 @@ def run_demo() -> dict[str, object]:
             lab.run("ip", "netns", "add", ns)
             lab.namespaces.append(ns)
             lab.run("ip", "link", "set", "lo", "up", ns=ns)
-        lab.run("ip", "link", "add", "veth-wgpy", "netns", a, "type", "veth", "peer", "veth-wgpy", "netns", b)
+        lab.run(
+            "ip",
+            "link",
+            "add",
+            "veth-wgpy",
+            "netns",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "veth-wgpy",
+            "netns",
+            b,
+        )
         for ns, addr in zip((a, b), OUTER, strict=True):
             lab.run("ip", "addr", "add", f"{addr}/24", "dev", "veth-wgpy", ns=ns)
             lab.run("ip", "link", "set", "veth-wgpy", "up", ns=ns)
@@ -147,7 +160,11 @@ def run_demo() -> dict[str, object]:
         result["ping_loss_percent"] = int(loss.group(1)) if loss else None
         result["tcp_mbit_per_s"] = _throughput(lab, a, b)
         state = control.get_state(ifaces[0]).peers[0]
-        result["peer_a_sees"] = {"endpoint": state.endpoint, "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes}
+        result["peer_a_sees"] = {
+            "endpoint": state.endpoint,
+            "rx_bytes": state.rx_bytes,
+            "tx_bytes": state.tx_bytes,
+        }
         return result
     finally:
         lab.cleanup()
@@ -174,7 +191,10 @@ def _throughput(lab: Lab, a: str, b: str, seconds: float = 3.0) -> float:
 def main(args: list[str]) -> int:
     as_json = "--json" in args
     if shutil.which("ping") is None:
-        print("wgpy demo: the `ping` command is missing (apt-get install iputils-ping)", file=sys.stderr)
+        print(
+            "wgpy demo: the `ping` command is missing (apt-get install iputils-ping)",
+            file=sys.stderr,
+        )
         return 1
     try:
         result = run_demo()
@@ -187,7 +207,8 @@ def main(args: list[str]) -> int:
     ifaces, namespaces = result["interfaces"], result["namespaces"]
     print(f"tunnel {ifaces} between namespaces {namespaces}")
     print(f"handshake completed {result['handshake_seconds_after_start']} s after start")
-    print(f"ping through the tunnel: avg {result['ping_avg_ms']} ms, {result['ping_loss_percent']}% loss")
+    avg, loss = result["ping_avg_ms"], result["ping_loss_percent"]
+    print(f"ping through the tunnel: avg {avg} ms, {loss}% loss")
     print(f"TCP throughput (one stream, 3 s): {result['tcp_mbit_per_s']} Mbit/s")
     print(f"peer as seen from the first side: {result['peer_a_sees']}")
     print("cleaned up: namespaces, interfaces and daemons removed")

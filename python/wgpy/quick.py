@@ -17,9 +17,9 @@ The steps and their order are wg-quick's (linux.bash):
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-
 import shutil
 import subprocess
 import sys
@@ -30,7 +30,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wgpy import control
-from wgpy.config import Config, ConfigError, load, resolve_endpoint
+from wgpy._core import PresharedKey, PrivateKey, PublicKey
+from wgpy.config import Config, ConfigError, Endpoint, PeerConfig, load, resolve_endpoint, save
 from wgpy.tun import valid_interface_name
 
 CONFIG_DIR = Path("/etc/wireguard")
@@ -51,7 +52,9 @@ def config_path(arg: str) -> tuple[Path, str]:
         path = Path(arg)
     name = path.name.removesuffix(".conf")
     if not path.name.endswith(".conf") or not valid_interface_name(name):
-        raise QuickError(f"the config file must be a valid interface name followed by .conf: {path}")
+        raise QuickError(
+            f"the config file must be a valid interface name followed by .conf: {path}"
+        )
     return path, name
 
 
@@ -66,7 +69,11 @@ def run_hooks(commands: list[str], iface: str) -> None:
 def uapi_lines(config: Config) -> list[str]:
     """The `set=1` body `wg setconf` would send for this file."""
     i = config.interface
-    lines = [f"private_key={i.private_key.to_bytes().hex()}" if i.private_key else "private_key=" + "0" * 64]
+    lines = [
+        f"private_key={i.private_key.to_bytes().hex()}"
+        if i.private_key
+        else "private_key=" + "0" * 64
+    ]
     if i.listen_port is not None:
         lines.append(f"listen_port={i.listen_port}")
     if i.fwmark is not None:
@@ -150,8 +157,21 @@ def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
             if fwmark is None:
                 fwmark = _free_table(ipr)
                 control.set_config(iface, [f"fwmark={fwmark}"])
-            ipr.rule("add", table=fwmark, fwmark=fwmark, flags=FIB_RULE_INVERT, family=family, priority=_next_priority(ipr, family))
-            ipr.rule("add", table=MAIN_TABLE, suppress_prefixlen=0, family=family, priority=_next_priority(ipr, family))
+            ipr.rule(
+                "add",
+                table=fwmark,
+                fwmark=fwmark,
+                flags=FIB_RULE_INVERT,
+                family=family,
+                priority=_next_priority(ipr, family),
+            )
+            ipr.rule(
+                "add",
+                table=MAIN_TABLE,
+                suppress_prefixlen=0,
+                family=family,
+                priority=_next_priority(ipr, family),
+            )
             ipr.route("replace", dst=str(net), oif=index, table=fwmark, family=family)
             if family == 2:
                 Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text("1\n")
@@ -214,7 +234,9 @@ def delete_link(iface: str) -> None:
 
 
 def start_daemon(iface: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "wgpy", iface], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "wgpy", iface], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         raise QuickError(r.stderr.strip().removeprefix("wgpy: ") or "the daemon failed to start")
 
@@ -245,12 +267,33 @@ def up(path: Path, iface: str) -> None:
 
 
 def save_config(path: Path, iface: str, config: Config) -> None:
+    """SaveConfig: the running peers and keys (what `wg showconf` gives), the
+    interface's current addresses, and the file's other wg-quick settings."""
     state = control.get_state(iface)
-    text = config.with_runtime_state(state).to_wg_quick() if hasattr(config, "with_runtime_state") else None
-    if text is not None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+    peers = [
+        PeerConfig(
+            public_key=PublicKey.from_base64(p.public_key),
+            preshared_key=PresharedKey.from_base64(p.preshared_key) if p.preshared_key else None,
+            allowed_ips=[ipaddress.ip_network(a, strict=False) for a in p.allowed_ips],
+            endpoint=Endpoint.parse(p.endpoint) if p.endpoint else None,
+            persistent_keepalive=p.persistent_keepalive or None,
+        )
+        for p in state.peers
+    ]
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=iface)[0]
+        addresses = [
+            ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=index)
+        ]
+    interface = dataclasses.replace(
+        config.interface,
+        private_key=PrivateKey.from_base64(state.private_key) if state.private_key else None,
+        listen_port=state.listen_port or None,
+        fwmark=state.fwmark or None,
+        addresses=addresses,
+    )
+    save(Config(interface=interface, peers=peers), path)
 
 
 def down(path: Path | None, iface: str) -> None:
@@ -259,8 +302,8 @@ def down(path: Path | None, iface: str) -> None:
     config = load(str(path)) if path is not None and path.exists() else None
     if config is not None:
         run_hooks(config.interface.pre_down, iface)
-        if config.interface.save_config:
-            save_config(path, iface, config)  # type: ignore[arg-type]
+        if config.interface.save_config and path is not None:
+            save_config(path, iface, config)
     with IPRoute() as ipr:
         remove_policy_rules(iface, ipr)
     delete_link(iface)
@@ -287,5 +330,3 @@ def main(action: str, args: list[str]) -> int:
         print(f"wgpy {action}: {message}", file=sys.stderr)
         return 1
     return 0
-
-

@@ -30,7 +30,11 @@ def _bytes(n: int) -> str:
 
 
 def _public_key(state: DeviceState) -> str | None:
-    return PrivateKey.from_base64(state.private_key).public_key().to_base64() if state.private_key else None
+    return (
+        PrivateKey.from_base64(state.private_key).public_key().to_base64()
+        if state.private_key
+        else None
+    )
 
 
 def _peer_text(p: PeerState, now: float) -> list[str]:

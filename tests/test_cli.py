@@ -1,0 +1,181 @@
+"""The `wgpy` command: keys, errors a user can make, and wg-quick semantics
+(`wgpy up`/`down`, and wg-quick itself with wgpy as its userspace implementation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wgpy
+from netns import NetnsLab, require_programs, require_tun
+from wgnet import INNER_V4, OUTER_V4, WIREGUARD_GO, start_node
+
+WGPY = [sys.executable, "-m", "wgpy"]
+
+
+def run_wgpy(*args: str, input: str | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WGPY, *args], input=input, capture_output=True, text=True, timeout=60, check=False, **kw
+    )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_genkey_pubkey_genpsk_agree_with_wg() -> None:
+    require_programs("wg")
+    private = run_wgpy("genkey").stdout.strip()
+    ours = run_wgpy("pubkey", input=private + "\n").stdout.strip()
+    theirs = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True).stdout
+    assert ours == theirs.strip()
+    psk = run_wgpy("genpsk").stdout.strip()
+    wgpy.PresharedKey.from_base64(psk)
+    wg_key = subprocess.run(["wg", "genkey"], capture_output=True, text=True).stdout
+    assert run_wgpy("pubkey", input=wg_key).stdout.strip() == subprocess.run(
+        ["wg", "pubkey"], input=wg_key, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_pubkey_rejects_garbage() -> None:
+    r = run_wgpy("pubkey", input="not a key\n")
+    assert_one_line_error(r)
+    assert "pubkey" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["up", "/nonexistent/wgx0.conf"],
+        ["up", "bad name.conf"],
+        ["down", "wgpynosuch0"],
+        ["show", "wgpynosuch0"],
+        ["frobnicate", "x", "y"],
+        ["-f"],
+        ["this-name-is-far-too-long-for-linux"],
+    ],
+)
+def test_user_errors_are_one_line(args: list[str]) -> None:
+    assert_one_line_error(run_wgpy(*args))
+
+
+def test_bad_config_names_file_and_line_and_leaves_nothing(tmp_path: Path) -> None:
+    conf = tmp_path / "wgpybad0.conf"
+    conf.write_text("[Interface]\nPrivateKey = nope\nListenPort = 51820\n")
+    r = run_wgpy("up", str(conf))
+    assert_one_line_error(r)
+    assert f"{conf}:2" in r.stderr
+    links = subprocess.run(["ip", "link", "show", "wgpybad0"], capture_output=True)
+    assert links.returncode != 0, "no interface left behind"
+    assert not Path("/var/run/wireguard/wgpybad0.sock").exists()
+
+
+def test_missing_privileges_is_a_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to drop privileges) and setpriv")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = dict(os.environ, HOME=str(tmp_path))
+    for args in (["wgpynopriv0"], ["up", "wgpynopriv0"], ["demo"]):
+        r = subprocess.run(
+            [*drop, *WGPY, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+        assert_one_line_error(r)
+        assert "root" in r.stderr
+
+
+def _full_config(key: wgpy.PrivateKey, peer: wgpy.PublicKey, endpoint: str, allowed: str) -> str:
+    return (
+        "[Interface]\n"
+        f"PrivateKey = {key.to_base64()}\n"
+        f"Address = {INNER_V4[1]}/24\n"
+        "PostUp = echo up %i > /dev/null\n"
+        "\n[Peer]\n"
+        f"PublicKey = {peer.to_base64()}\n"
+        f"Endpoint = {endpoint}\n"
+        f"AllowedIPs = {allowed}\n"
+    )
+
+
+def _rules(ns_name: str) -> str:
+    return subprocess.run(
+        ["ip", "-n", ns_name, "rule", "show"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.mark.parametrize("full_tunnel", [False, True], ids=["split", "full-tunnel"])
+def test_wgpy_up_and_down_against_wireguard_go(
+    netns_lab: NetnsLab, tmp_path: Path, full_tunnel: bool
+) -> None:
+    require_programs("wireguard-go", "wg", "ping")
+    require_tun()
+    lab = netns_lab
+    server_ns, client_ns = lab.namespace(), lab.namespace()
+    lab.veth(server_ns, client_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
+    server = start_node(lab, server_ns, WIREGUARD_GO, port=51820, addresses=[f"{INNER_V4[0]}/24"])
+    key = wgpy.PrivateKey.generate()
+    server.wg("set", server.iface, "peer", key.public_key().to_base64(), "allowed-ips", f"{INNER_V4[1]}/32")
+    iface = lab.interface_name(client_ns, prefix="wgq")
+    conf = tmp_path / f"{iface}.conf"
+    allowed = "0.0.0.0/0, ::/0" if full_tunnel else f"{INNER_V4[0]}/32"
+    conf.write_text(_full_config(key, server.public_key, f"{OUTER_V4[0]}:51820", allowed))
+    up = client_ns.run([*WGPY, "up", str(conf)], check=False)
+    assert up.returncode == 0, up.stderr
+    try:
+        # A full tunnel keeps the endpoint reachable through the fwmark rules.
+        assert client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)[0]
+        assert state["peers"][0]["endpoint"] == f"{OUTER_V4[0]}:51820"
+        rules = _rules(client_ns.name)
+        if full_tunnel:
+            assert state["fwmark"] == 51820
+            assert "not from all fwmark 0xca6c lookup 51820" in rules
+            assert "suppress_prefixlength 0" in rules
+        else:
+            assert "51820" not in rules
+    finally:
+        down = client_ns.run([*WGPY, "down", str(conf)], check=False)
+    assert down.returncode == 0, down.stderr
+    assert not client_ns.link_exists(iface)
+    assert not Path(f"/var/run/wireguard/{iface}.sock").exists()
+    rules = _rules(client_ns.name)
+    assert "51820" not in rules and "suppress_prefixlength" not in rules
+    leftover = subprocess.run(["pgrep", "-f", f"wgpy {iface}"], capture_output=True)
+    assert leftover.returncode != 0, "the daemon exited"
+
+
+def test_wg_quick_with_wgpy_as_userspace_implementation(netns_lab: NetnsLab, tmp_path: Path) -> None:
+    require_programs("wireguard-go", "wg", "wg-quick", "ping")
+    require_tun()
+    if Path("/sys/module/wireguard").exists():
+        pytest.skip("wg-quick uses the kernel module when it is loaded")
+    wgpy_bin = shutil.which("wgpy")
+    if wgpy_bin is None:
+        pytest.skip("the wgpy command is not on PATH")
+    lab = netns_lab
+    server_ns, client_ns = lab.namespace(), lab.namespace()
+    lab.veth(server_ns, client_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
+    server = start_node(lab, server_ns, WIREGUARD_GO, port=51820, addresses=[f"{INNER_V4[0]}/24"])
+    key = wgpy.PrivateKey.generate()
+    server.wg("set", server.iface, "peer", key.public_key().to_base64(), "allowed-ips", f"{INNER_V4[1]}/32")
+    iface = lab.interface_name(client_ns, prefix="wgq")
+    conf = tmp_path / f"{iface}.conf"
+    conf.write_text(_full_config(key, server.public_key, f"{OUTER_V4[0]}:51820", f"{INNER_V4[0]}/32"))
+    env = {"WG_QUICK_USERSPACE_IMPLEMENTATION": wgpy_bin}
+    up = client_ns.run(["wg-quick", "up", str(conf)], check=False, env=env, timeout=60)
+    assert up.returncode == 0, up.stderr
+    try:
+        assert client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        assert server.peer_dump(key.public_key()).latest_handshake > 0
+    finally:
+        down = client_ns.run(["wg-quick", "down", str(conf)], check=False, env=env, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not client_ns.link_exists(iface)
+    assert not Path(f"/var/run/wireguard/{iface}.sock").exists()
