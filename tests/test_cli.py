@@ -18,7 +18,9 @@ from wgnet import INNER_V4, OUTER_V4, WIREGUARD_GO, start_node
 WGPY = [sys.executable, "-m", "wgpy"]
 
 
-def run_wgpy(*args: str, input: str | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+def run_wgpy(
+    *args: str, input: str | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*WGPY, *args], input=input, capture_output=True, text=True, timeout=60, check=False, **kw
     )
@@ -40,9 +42,12 @@ def test_genkey_pubkey_genpsk_agree_with_wg() -> None:
     psk = run_wgpy("genpsk").stdout.strip()
     wgpy.PresharedKey.from_base64(psk)
     wg_key = subprocess.run(["wg", "genkey"], capture_output=True, text=True).stdout
-    assert run_wgpy("pubkey", input=wg_key).stdout.strip() == subprocess.run(
-        ["wg", "pubkey"], input=wg_key, capture_output=True, text=True
-    ).stdout.strip()
+    assert (
+        run_wgpy("pubkey", input=wg_key).stdout.strip()
+        == subprocess.run(
+            ["wg", "pubkey"], input=wg_key, capture_output=True, text=True
+        ).stdout.strip()
+    )
 
 
 def test_pubkey_rejects_garbage() -> None:
@@ -121,7 +126,14 @@ def test_wgpy_up_and_down_against_wireguard_go(
     lab.veth(server_ns, client_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
     server = start_node(lab, server_ns, WIREGUARD_GO, port=51820, addresses=[f"{INNER_V4[0]}/24"])
     key = wgpy.PrivateKey.generate()
-    server.wg("set", server.iface, "peer", key.public_key().to_base64(), "allowed-ips", f"{INNER_V4[1]}/32")
+    server.wg(
+        "set",
+        server.iface,
+        "peer",
+        key.public_key().to_base64(),
+        "allowed-ips",
+        f"{INNER_V4[1]}/32",
+    )
     iface = lab.interface_name(client_ns, prefix="wgq")
     conf = tmp_path / f"{iface}.conf"
     allowed = "0.0.0.0/0, ::/0" if full_tunnel else f"{INNER_V4[0]}/32"
@@ -130,7 +142,9 @@ def test_wgpy_up_and_down_against_wireguard_go(
     assert up.returncode == 0, up.stderr
     try:
         # A full tunnel keeps the endpoint reachable through the fwmark rules.
-        assert client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        assert (
+            client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        )
         state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)[0]
         assert state["peers"][0]["endpoint"] == f"{OUTER_V4[0]}:51820"
         rules = _rules(client_ns.name)
@@ -151,7 +165,9 @@ def test_wgpy_up_and_down_against_wireguard_go(
     assert leftover.returncode != 0, "the daemon exited"
 
 
-def test_wg_quick_with_wgpy_as_userspace_implementation(netns_lab: NetnsLab, tmp_path: Path) -> None:
+def test_wg_quick_with_wgpy_as_userspace_implementation(
+    netns_lab: NetnsLab, tmp_path: Path
+) -> None:
     require_programs("wireguard-go", "wg", "wg-quick", "ping")
     require_tun()
     if Path("/sys/module/wireguard").exists():
@@ -164,15 +180,26 @@ def test_wg_quick_with_wgpy_as_userspace_implementation(netns_lab: NetnsLab, tmp
     lab.veth(server_ns, client_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
     server = start_node(lab, server_ns, WIREGUARD_GO, port=51820, addresses=[f"{INNER_V4[0]}/24"])
     key = wgpy.PrivateKey.generate()
-    server.wg("set", server.iface, "peer", key.public_key().to_base64(), "allowed-ips", f"{INNER_V4[1]}/32")
+    server.wg(
+        "set",
+        server.iface,
+        "peer",
+        key.public_key().to_base64(),
+        "allowed-ips",
+        f"{INNER_V4[1]}/32",
+    )
     iface = lab.interface_name(client_ns, prefix="wgq")
     conf = tmp_path / f"{iface}.conf"
-    conf.write_text(_full_config(key, server.public_key, f"{OUTER_V4[0]}:51820", f"{INNER_V4[0]}/32"))
+    conf.write_text(
+        _full_config(key, server.public_key, f"{OUTER_V4[0]}:51820", f"{INNER_V4[0]}/32")
+    )
     env = {"WG_QUICK_USERSPACE_IMPLEMENTATION": wgpy_bin}
     up = client_ns.run(["wg-quick", "up", str(conf)], check=False, env=env, timeout=60)
     assert up.returncode == 0, up.stderr
     try:
-        assert client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        assert (
+            client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
+        )
         assert server.peer_dump(key.public_key()).latest_handshake > 0
     finally:
         down = client_ns.run(["wg-quick", "down", str(conf)], check=False, env=env, timeout=60)

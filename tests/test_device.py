@@ -104,7 +104,7 @@ def test_cryptokey_routing_longest_prefix_and_source_check(netns_lab: NetnsLab) 
     assert x_stats["invalid_source_packets"] >= 2
 
 
-def hub_stats(node) -> dict:  # noqa: ANN001
+def hub_stats(node) -> dict:
     import json
     import sys
 

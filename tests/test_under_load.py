@@ -16,7 +16,8 @@ import wgpy
 target = wgpy.PublicKey.from_base64(sys.argv[1])
 host, port, limit, seconds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 # Valid mac1 (it only needs the target's public key), unknown static keys.
-messages = [wgpy.Handshake(wgpy.PrivateKey.generate(), target).create_initiation() for _ in range(256)]
+keys = [wgpy.PrivateKey.generate() for _ in range(256)]
+messages = [wgpy.Handshake(k, target).create_initiation() for k in keys]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[6], 0)); s.setblocking(False)
 sent = cookies = 0

@@ -42,7 +42,8 @@ while sent < total:
     if pace:
         time.sleep(pace)
 c.close()
-print(json.dumps({"bytes": sent, "sha256": h.hexdigest(), "seconds": time.monotonic() - t0}), flush=True)
+elapsed = time.monotonic() - t0
+print(json.dumps({"bytes": sent, "sha256": h.hexdigest(), "seconds": elapsed}), flush=True)
 """
 
 
@@ -105,7 +106,9 @@ def tcp_transfer(
     pace: float = 0.0,
     timeout: float = 120.0,
 ) -> TransferResult:
-    job = start_tcp_transfer(sender, receiver, address, total, port=port, pace=pace, timeout=timeout)
+    job = start_tcp_transfer(
+        sender, receiver, address, total, port=port, pace=pace, timeout=timeout
+    )
     return job.finish()
 
 

@@ -97,7 +97,9 @@ class Node:
                 return PeerDump(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), int(f[6]), f[7])
         raise AssertionError(f"{public_key.to_base64()} is not a peer of {self.iface}")
 
-    def ping(self, address: str, *, count: int = 3, timeout: float = 2.0, source: str | None = None) -> bool:
+    def ping(
+        self, address: str, *, count: int = 3, timeout: float = 2.0, source: str | None = None
+    ) -> bool:
         argv = ["ping", "-c", str(count), "-i", "0.2", "-W", str(timeout)]
         if source:
             argv += ["-I", source]
@@ -135,7 +137,9 @@ def start_node(
     for address in addresses:
         add_address(ns, iface, address)
     ns.ip("link", "set", iface, "up")
-    wait_until(lambda: ns.link_is_up(iface) or _tun_up(ns, iface), timeout=STEP_TIMEOUT, what=f"{iface} up")
+    wait_until(
+        lambda: ns.link_is_up(iface) or _tun_up(ns, iface), timeout=STEP_TIMEOUT, what=f"{iface} up"
+    )
     return Node(lab, ns, impl, iface, port, key, process, [key_file])
 
 
@@ -170,8 +174,12 @@ def make_pair(
         [f"{OUTER_V4[0]}/24", f"{OUTER_V6[0]}/64"],
         [f"{OUTER_V4[1]}/24", f"{OUTER_V6[1]}/64"],
     )
-    a = start_node(lab, ns_a, impl_a, port=51820, addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"])
-    b = start_node(lab, ns_b, impl_b, port=51821, addresses=[f"{INNER_V4[1]}/24", f"{INNER_V6[1]}/64"])
+    a = start_node(
+        lab, ns_a, impl_a, port=51820, addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"]
+    )
+    b = start_node(
+        lab, ns_b, impl_b, port=51821, addresses=[f"{INNER_V4[1]}/24", f"{INNER_V6[1]}/64"]
+    )
     outer = OUTER_V6 if outer_v6 else OUTER_V4
     a.set_peer(
         b,
