@@ -101,7 +101,9 @@ def test_cryptokey_routing_longest_prefix_and_source_check(netns_lab: NetnsLab) 
     assert x.ping("10.201.0.1", source="10.200.1.1")
     stats = hub_stats(hub)
     x_stats = next(p for p in stats["peers"] if p["public_key"] == x.public_key.to_base64())
+    y_stats = next(p for p in stats["peers"] if p["public_key"] == y.public_key.to_base64())
     assert x_stats["invalid_source_packets"] >= 2
+    assert y_stats["invalid_source_packets"] == 0
 
 
 def hub_stats(node) -> dict:

@@ -72,6 +72,7 @@ class FakeStats:
     tx_bytes: int
     rx_bytes: int
     persistent_keepalive: int
+    invalid_source_packets: int = 0
 
 
 @dataclass
@@ -617,11 +618,13 @@ def test_get_reply_text() -> None:
         f"private_key={hexkey(key)}\nlisten_port=51820\nfwmark=42\n"
         f"public_key={hexkey(a)}\npreshared_key={hexkey(psk)}\nprotocol_version=1\n"
         f"endpoint=[fd00::1]:51821\n{common}persistent_keepalive_interval=25\n"
+        "wgpy_invalid_source_packets=0\n"
         # IPv4 first, by address then length: the same text every time.
         "allowed_ip=9.0.0.0/8\nallowed_ip=10.0.0.0/16\nallowed_ip=10.0.0.0/24\n"
         "allowed_ip=fd00::/64\n"
         f"public_key={hexkey(b)}\npreshared_key={'0' * 64}\nprotocol_version=1\n"
         f"{common}persistent_keepalive_interval=0\n"
+        "wgpy_invalid_source_packets=0\n"
         "errno=0\n\n"
     )
 

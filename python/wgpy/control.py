@@ -76,6 +76,8 @@ class PeerState:
     tx_bytes: int = 0
     persistent_keepalive: int = 0
     allowed_ips: list[str] = field(default_factory=list)
+    # Reported by wgpy only (an extension key of its UAPI replies).
+    invalid_source_packets: int | None = None
 
 
 @dataclass
@@ -131,4 +133,6 @@ def get_state(iface: str) -> DeviceState:
             peer.persistent_keepalive = int(value)
         elif key == "allowed_ip":
             peer.allowed_ips.append(value)
+        elif key == "wgpy_invalid_source_packets":
+            peer.invalid_source_packets = int(value)
     return state

@@ -600,21 +600,7 @@ class Device:
     def uapi_stats(self) -> list[tuple[Peer, PeerStats, list[tuple[str, int]]]]:
         """Per peer: the peer, its PeerStats with `allowed_ips` left empty, and
         its allowed IPs as (address text, prefix length) pairs."""
-        dp = self.datapath
-        result = []
-        for peer in self._peers.values():
-            tx, rx, *_rest, invalid = dp.activity(peer.id)
-            endpoint = dp.endpoint(peer.id)
-            stats = PeerStats(
-                public_key=peer.public_key,
-                endpoint=(str(endpoint[0]), int(endpoint[1])) if endpoint else None,
-                allowed_ips=[],
-                last_handshake=peer.last_handshake,
-                rx_bytes=rx,
-                tx_bytes=tx,
-                persistent_keepalive=peer.persistent_keepalive,
-                has_preshared_key=peer.preshared_key is not None,
-                invalid_source_packets=invalid,
-            )
-            result.append((peer, stats, dp.allowed_ips(peer.id)))
-        return result
+        return [
+            (peer, peer.stats(include_allowed_ips=False), self.datapath.allowed_ips(peer.id))
+            for peer in self._peers.values()
+        ]

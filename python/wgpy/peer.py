@@ -145,6 +145,8 @@ class Peer:
     async def run_timers(self) -> None:
         """The peer's timer task: sleep to the next deadline or a poke, then act."""
         with self.cancel_scope:
+            # A peer removed before this task first ran is gone from the data plane.
+            await trio.lowlevel.checkpoint()
             while True:
                 now = trio.current_time()
                 self.reconcile(now)
@@ -155,11 +157,15 @@ class Peer:
                     await self.wake.wait()
                 self.wake = trio.Event()
 
-    def stats(self) -> PeerStats:
+    def stats(self, *, include_allowed_ips: bool = True) -> PeerStats:
         dp = self.device.datapath
         tx, rx, *_times, invalid = dp.activity(self.id)
         endpoint = dp.endpoint(self.id)
-        nets = [ipaddress.ip_network(f"{ip}/{cidr}") for ip, cidr in dp.allowed_ips(self.id)]
+        nets = (
+            [ipaddress.ip_network(f"{ip}/{cidr}") for ip, cidr in dp.allowed_ips(self.id)]
+            if include_allowed_ips
+            else []
+        )
         return PeerStats(
             public_key=self.public_key,
             endpoint=(str(endpoint[0]), int(endpoint[1])) if endpoint else None,

@@ -409,6 +409,9 @@ def _unix_time(seconds: float | None) -> tuple[int, int]:
     return sec, min(round((seconds - sec) * 1e9), 999_999_999)
 
 
+INVALID_SOURCE_KEY = "wgpy_invalid_source_packets"
+
+
 def format_get(device: Device) -> bytes:
     """The full reply to `get=1`, in wireguard-go's order, ending in `errno=0`."""
     lines: list[str] = []
@@ -432,6 +435,9 @@ def format_get(device: Device) -> bytes:
         lines.append(f"tx_bytes={stats.tx_bytes}")
         lines.append(f"rx_bytes={stats.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={stats.persistent_keepalive}")
+        # wgpy's own counter (wg ignores keys it does not know): data packets
+        # from this peer whose inner source address routes to another peer.
+        lines.append(f"{INVALID_SOURCE_KEY}={stats.invalid_source_packets}")
         prefixes.sort(key=_prefix_order)
         lines.extend([f"allowed_ip={address}/{cidr}" for address, cidr in prefixes])
     lines.append("errno=0")
