@@ -115,14 +115,18 @@ def start_node(
     port: int,
     addresses: list[str],
     private_key: wgpy.PrivateKey | None = None,
+    log_level: str = "debug",
 ) -> Node:
-    """Starts a WireGuard interface of `impl` in `ns`, keyed, listening and up."""
+    """Starts a WireGuard interface of `impl` in `ns`, keyed, listening and up.
+
+    `log_level` is passed as LOG_LEVEL (both implementations read it); tests
+    want debug output in failure reports, benchmarks want no logging cost."""
     iface = lab.interface_name(ns, prefix="wgp" if impl == WGPY else "wgg")
     if impl == WGPY:
         argv = [sys.executable, "-m", "wgpy", "-f", iface]
     else:
         argv = ["wireguard-go", "-f", iface]
-    process = ns.spawn(argv, env={"LOG_LEVEL": "debug"})
+    process = ns.spawn(argv, env={"LOG_LEVEL": log_level})
     sock = Path("/var/run/wireguard") / f"{iface}.sock"
 
     def ready() -> bool:
@@ -166,6 +170,7 @@ def make_pair(
     *,
     outer_v6: bool = False,
     preshared_key: wgpy.PresharedKey | None = None,
+    log_level: str = "debug",
 ) -> Pair:
     ns_a, ns_b = lab.namespace(), lab.namespace()
     lab.veth(
@@ -175,10 +180,20 @@ def make_pair(
         [f"{OUTER_V4[1]}/24", f"{OUTER_V6[1]}/64"],
     )
     a = start_node(
-        lab, ns_a, impl_a, port=51820, addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"]
+        lab,
+        ns_a,
+        impl_a,
+        port=51820,
+        addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"],
+        log_level=log_level,
     )
     b = start_node(
-        lab, ns_b, impl_b, port=51821, addresses=[f"{INNER_V4[1]}/24", f"{INNER_V6[1]}/64"]
+        lab,
+        ns_b,
+        impl_b,
+        port=51821,
+        addresses=[f"{INNER_V4[1]}/24", f"{INNER_V6[1]}/64"],
+        log_level=log_level,
     )
     outer = OUTER_V6 if outer_v6 else OUTER_V4
     a.set_peer(

@@ -52,6 +52,7 @@ from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
 log = logging.getLogger("wgpy")
 
 Endpoint = tuple[str, int]
+MTU_POLL_INTERVAL = 1.0
 EventKind = Literal["handshake_completed", "endpoint_changed", "tun_closed"]
 
 
@@ -125,6 +126,7 @@ class Device:
             self._nursery_cm = trio.open_nursery()
             self._nursery = await self._nursery_cm.__aenter__()
             self._nursery.start_soon(self._event_loop)
+            self._nursery.start_soon(self._follow_mtu)
         except BaseException:
             self._teardown()
             raise
@@ -528,6 +530,20 @@ class Device:
         peer.last_handshake = time.time()
         self.datapath.handshake_request_done(peer.id)
         self._emit(DeviceEvent("handshake_completed", peer.last_handshake, peer.public_key))
+
+    async def _follow_mtu(self) -> None:
+        """Keeps the data plane's padding cap equal to the interface's MTU.
+
+        The TUN interface may be moved to another namespace, where it can no
+        longer be seen from here; the data plane then still raises its MTU
+        from the sizes of the packets it reads.
+        """
+        while True:
+            await trio.sleep(MTU_POLL_INTERVAL)
+            mtu = await trio.to_thread.run_sync(self.tun.mtu)
+            if mtu is not None and mtu != self.datapath.mtu:
+                self.datapath.set_mtu(mtu)
+                self._mtu = mtu
 
     # --- the data plane's events -----------------------------------------
 

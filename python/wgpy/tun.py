@@ -105,7 +105,8 @@ class Tun:
                 links = ipr.get_links(self.index)
         except Exception:
             return None
-        if not links:
+        # The index may now belong to another link of this namespace.
+        if not links or links[0].get_attr("IFLA_IFNAME") != self.name:
             return None
         value = links[0].get_attr("IFLA_MTU")
         return int(value) if value is not None else None

@@ -71,6 +71,9 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
             ) {
                 Ok(0) => break,
                 Ok(len) => {
+                    // A packet larger than the MTU we were told means the
+                    // interface's MTU was raised: pad against the new one.
+                    shared.mtu.fetch_max(len, Ordering::Relaxed);
                     lens[n] = len;
                     n += 1;
                 }
