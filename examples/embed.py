@@ -17,7 +17,6 @@ import ipaddress
 import struct
 
 import trio
-
 import wgpy
 
 DEVICE_ADDRESS = "10.123.0.1"
