@@ -1,0 +1,1 @@
+"""Real WireGuard peers for interop tests (see kernel_guest.py)."""
