@@ -45,6 +45,7 @@ from wgpy._core import (
     receiver_index,
 )
 from wgpy.constants import MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_AFTER_TIME
+from wgpy.handover import Handover, HandoverReport, enabled_by_default
 from wgpy.peer import IPNetwork, Peer, PeerStats
 from wgpy.ratelimiter import Ratelimiter
 from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
@@ -53,7 +54,16 @@ log = logging.getLogger("wgpy")
 
 Endpoint = tuple[str, int]
 MTU_POLL_INTERVAL = 1.0
-EventKind = Literal["handshake_completed", "endpoint_changed", "tun_closed"]
+EventKind = Literal[
+    "handshake_completed",
+    "endpoint_changed",
+    "tun_closed",
+    # Handover (wgpy.handover): the path to some peer changed; no route to a
+    # peer (its packets are held); a peer was told our new path.
+    "underlay_changed",
+    "path_lost",
+    "reannounced",
+]
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,13 @@ class Device:
         listen_port: int = 0,
         fwmark: int = 0,
         mtu: int = DEFAULT_MTU,
+        handover: bool | None = None,
     ) -> None:
+        """`handover`: follow underlay changes (wgpy.handover); None means on
+        unless WGPY_HANDOVER=0."""
         self.name = name
+        self._handover_enabled = enabled_by_default() if handover is None else handover
+        self._handover: Handover | None = None
         self._private_key = private_key
         self._listen_port = listen_port
         self._fwmark = fwmark
@@ -118,7 +133,7 @@ class Device:
         self._tun = Tun.create(self.name, self._mtu)
         self.name = self._tun.name
         try:
-            self._datapath = Datapath(self._tun.fd, self._mtu)
+            self._datapath = Datapath(self._tun.fd, self._mtu, self._tun.vnet_hdr)
             self._bind(self._listen_port)
             self._set_identity(self._private_key)
             self._tun.set_up()
@@ -127,6 +142,7 @@ class Device:
             self._nursery = await self._nursery_cm.__aenter__()
             self._nursery.start_soon(self._event_loop)
             self._nursery.start_soon(self._follow_mtu)
+            await self._start_handover()
         except BaseException:
             self._teardown()
             raise
@@ -156,6 +172,26 @@ class Device:
         for ch in self._subscribers:
             ch.close()
         self.closed.set()
+
+    async def _start_handover(self) -> None:
+        """Starts the underlay watcher here, in the UDP sockets' namespace; the
+        device runs without it if netlink cannot be used."""
+        if not self._handover_enabled or self._nursery is None:
+            return
+        handover = Handover(self, self._emit)
+        try:
+            handover.open()
+        except OSError as e:
+            log.warning("%s: handover off, cannot watch the network: %s", self.name, e)
+            return
+        self._handover = handover
+        await self._nursery.start(handover.run)
+
+    def handover_report(self) -> HandoverReport:
+        """Whether handover runs, and its recent decisions (for `wgpy show`)."""
+        if self._handover is None:
+            return HandoverReport(enabled=False, last_underlay_change=None, events=[])
+        return self._handover.report()
 
     def close(self) -> None:
         """Asks the device to shut down (its ``async with`` block still exits normally)."""
@@ -212,6 +248,8 @@ class Device:
     def set_fwmark(self, fwmark: int) -> None:
         set_fwmark(self._sockets, fwmark)
         self._fwmark = fwmark
+        if self._handover is not None:
+            self._handover.recheck_all()
 
     def _set_identity(self, key: PrivateKey | None) -> None:
         self._private_key = key
@@ -284,6 +322,7 @@ class Device:
         self._by_id[peer_id] = peer
         if endpoint is not None:
             self.datapath.set_endpoint(peer_id, endpoint)
+            self._endpoint_set(peer)
         for net in allowed_ips:
             self.add_allowed_ip(peer, _network(net))
         if self._nursery is None:
@@ -310,6 +349,7 @@ class Device:
             peer.handshake.set_preshared_key(preshared_key)
         if endpoint is not None:
             self.datapath.set_endpoint(peer.id, endpoint)
+            self._endpoint_set(peer)
         if replace_allowed_ips:
             self.datapath.allowed_ips_remove_peer(peer.id)
         for net in allowed_ips or ():
@@ -334,6 +374,8 @@ class Device:
             return
         del self._by_id[peer.id]
         peer.cancel_scope.cancel()
+        if self._handover is not None:
+            self._handover.forget(peer)
         peer.timers.stop()
         self._forget_handshake(peer)
         for index in self.datapath.remove_peer(peer.id):
@@ -347,6 +389,10 @@ class Device:
         send, receive = trio.open_memory_channel[DeviceEvent](max_buffer)
         self._subscribers.append(send)
         return receive
+
+    def _endpoint_set(self, peer: Peer) -> None:
+        if self._handover is not None:
+            self._handover.endpoint_set(peer)
 
     def _emit(self, event: DeviceEvent) -> None:
         for ch in list(self._subscribers):
@@ -472,6 +518,7 @@ class Device:
         old = self.datapath.endpoint(peer.id)
         self.datapath.set_endpoint(peer.id, source, local)
         if old is None or (old[0], old[1]) != source:
+            self._endpoint_set(peer)
             self._emit(DeviceEvent("endpoint_changed", time.time(), peer.public_key, source))
 
     def _consume_initiation(
@@ -575,6 +622,9 @@ class Device:
         if kind == "socket_error":
             log.warning("%s: UDP socket error: %s", self.name, event[1])
             return
+        if kind == "notice":
+            log.info("%s: %s", self.name, event[1])
+            return
         peer = self._by_id.get(int(event[1]))  # type: ignore[call-overload]
         if peer is None:
             return
@@ -590,9 +640,12 @@ class Device:
             peer.poke()
         elif kind == "endpoint":
             endpoint = event[2]
+            self._endpoint_set(peer)
             self._emit(DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint))  # type: ignore[arg-type]
         elif kind == "activity":
             peer.poke()
+        elif kind == "unreachable" and self._handover is not None:
+            self._handover.unreachable(peer)
 
     # --- UAPI support ---
     # Used by wgpy.uapi. update_peer cannot clear a preshared key (None means

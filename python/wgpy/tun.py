@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -22,8 +23,15 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+# WGPY_TUN_OFFLOAD=0 turns TCP segmentation offload off (for comparisons).
+OFFLOAD_ENV = "WGPY_TUN_OFFLOAD"
 IFNAMSIZ = 16
 DEFAULT_MTU = 1420
 SOCKET_BUFFER = 7 << 20
@@ -31,6 +39,8 @@ SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 SO_MARK = 36
 IFA_F_NODAD = 0x02
+
+log = logging.getLogger("wgpy")
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,6 +68,8 @@ class Tun:
     name: str
     fd: int
     index: int
+    # Reads and writes carry a virtio-net header; reads may be TSO packets.
+    vnet_hdr: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -68,8 +80,10 @@ class Tun:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise TunError(e.errno, f"cannot open /dev/net/tun: {e.strerror}") from None
+        offload = os.environ.get(OFFLOAD_ENV, "1") != "0"
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
         try:
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
+            ifr = struct.pack("16sH22x", name.encode(), flags)
             res = fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as e:
             os.close(fd)
@@ -81,6 +95,12 @@ class Tun:
                 raise TunError(e.errno, f"interface {name} already exists") from None
             raise TunError(e.errno, f"cannot create TUN device {name}: {e.strerror}") from None
         actual = res[:IFNAMSIZ].rstrip(b"\0").decode()
+        if offload:
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            except OSError as e:
+                # Still correct without it: the kernel then sends MTU-sized packets.
+                log.info("%s: TUN offloads refused (%s); reading packets one by one", actual, e)
         try:
             with IPRoute() as ipr:
                 index = ipr.link_lookup(ifname=actual)[0]
@@ -88,7 +108,7 @@ class Tun:
         except Exception:
             os.close(fd)
             raise
-        return cls(name=actual, fd=fd, index=index)
+        return cls(name=actual, fd=fd, index=index, vnet_hdr=offload)
 
     def set_up(self) -> None:
         with IPRoute() as ipr:

@@ -686,17 +686,21 @@ mod python {
                 ("endpoint", peer, addr_tuple(py, &endpoint)?).into_pyobject(py)?
             }
             E::Activity { peer } => ("activity", peer).into_pyobject(py)?,
+            E::Unreachable { peer } => ("unreachable", peer).into_pyobject(py)?,
             E::TunClosed { error } => ("tun_closed", error).into_pyobject(py)?,
             E::SocketError { error } => ("socket_error", error).into_pyobject(py)?,
+            E::Notice { message } => ("notice", message).into_pyobject(py)?,
         })
     }
 
     #[pymethods]
     impl PyDatapath {
         #[new]
-        #[pyo3(signature = (tun_fd, mtu=1420))]
-        fn new(tun_fd: i32, mtu: usize) -> PyResult<Self> {
-            Ok(Self(Arc::new(datapath::Datapath::new(tun_fd, mtu)?)))
+        #[pyo3(signature = (tun_fd, mtu=1420, vnet_hdr=false))]
+        fn new(tun_fd: i32, mtu: usize, vnet_hdr: bool) -> PyResult<Self> {
+            Ok(Self(Arc::new(datapath::Datapath::new(
+                tun_fd, mtu, vnet_hdr,
+            )?)))
         }
 
         fn start(&self) -> PyResult<()> {
@@ -857,6 +861,28 @@ mod python {
 
         fn handshake_request_done(&self, peer: u64) -> PyResult<()> {
             Ok(self.0.handshake_request_done(peer)?)
+        }
+
+        /// Hold (stage) the packets of peers with no path instead of dropping them.
+        fn set_hold_unreachable(&self, py: Python<'_>, on: bool) {
+            let dp = self.0.clone();
+            py.allow_threads(move || dp.set_hold_unreachable(on));
+        }
+
+        /// Holds the peer's packets; True if it was not held.
+        fn hold(&self, peer: u64) -> PyResult<bool> {
+            Ok(self.0.hold(peer)?)
+        }
+
+        /// Stops holding the peer's packets and sends the staged ones:
+        /// (whether it was held, how many packets went).
+        fn release(&self, py: Python<'_>, peer: u64) -> PyResult<(bool, usize)> {
+            let dp = self.0.clone();
+            Ok(py.allow_threads(move || dp.release(peer))?)
+        }
+
+        fn is_held(&self, peer: u64) -> PyResult<bool> {
+            Ok(self.0.is_held(peer)?)
         }
 
         /// Byte counters and activity times (CLOCK_MONOTONIC seconds, 0.0 = never):

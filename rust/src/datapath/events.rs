@@ -4,7 +4,8 @@
 //! - Handshake messages (types 1-3) are queued whole, with where they came
 //!   from; at most MAX_QUEUED_HANDSHAKES wait, further ones are dropped.
 //! - Per-peer notices ("needs a handshake", "key confirmed", "new endpoint",
-//!   "timer activity") are deduplicated by the caller before being pushed.
+//!   "timer activity", "no path: holding packets") are deduplicated by the
+//!   caller before being pushed.
 //! - The eventfd is readable exactly while the queue is non-empty.
 
 use std::collections::VecDeque;
@@ -48,8 +49,16 @@ pub enum Event {
     Activity {
         peer: PeerId,
     },
+    /// A send found no path to the peer's endpoint; its packets are held.
+    Unreachable {
+        peer: PeerId,
+    },
     TunClosed {
         error: String,
+    },
+    /// Something worth logging, such as an offload the kernel refused.
+    Notice {
+        message: String,
     },
     SocketError {
         error: String,

@@ -11,11 +11,15 @@
 //! - A send from a vanished source address (ENETUNREACH, EINVAL,
 //!   EADDRNOTAVAIL) forgets that source and is retried at once from the
 //!   routing table's choice.
+//! - When no path exists at all, a peer's packets can be held (staged) until
+//!   the control plane sees a path return (hold.rs).
 //! - The control plane owns every decision: peers, keypairs, endpoints and
 //!   allowed IPs are installed through this API, and it learns what happened
 //!   through the event queue and the per-peer activity counters.
 
 mod events;
+mod hold;
+mod offload;
 mod peer;
 mod rx;
 mod sys;
@@ -25,7 +29,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -59,10 +63,17 @@ pub struct DeviceCounters {
     pub tx_no_route: AtomicU64,
 }
 
+/// A UDP socket of the device and whether UDP GSO still works on it.
+pub(crate) struct UdpSocket {
+    fd: OwnedFd,
+    gso: AtomicBool,
+    gro: bool,
+}
+
 #[derive(Default)]
 struct Sockets {
-    v4: Option<Arc<OwnedFd>>,
-    v6: Option<Arc<OwnedFd>>,
+    v4: Option<Arc<UdpSocket>>,
+    v6: Option<Arc<UdpSocket>>,
 }
 
 pub(crate) struct Shared {
@@ -74,6 +85,9 @@ pub(crate) struct Shared {
     tun: OwnedFd,
     sockets: RwLock<Sockets>,
     counters: DeviceCounters,
+    vnet_hdr: bool,
+    /// Hold a peer's packets when no path to it exists (hold.rs).
+    hold_unreachable: AtomicBool,
 }
 
 struct Worker {
@@ -109,7 +123,9 @@ fn lock_err() -> io::Error {
 
 impl Datapath {
     /// Takes a copy of the TUN descriptor (the caller keeps its own).
-    pub fn new(tun_fd: RawFd, mtu: usize) -> io::Result<Self> {
+    /// `vnet_hdr`: the TUN device was opened with IFF_VNET_HDR, so every
+    /// read and write carries a virtio-net header (and reads may be TSO packets).
+    pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool) -> io::Result<Self> {
         let tun = sys::dup(tun_fd)?;
         sys::set_nonblocking(tun.as_fd())?;
         Ok(Self {
@@ -122,6 +138,8 @@ impl Datapath {
                 tun,
                 sockets: RwLock::new(Sockets::default()),
                 counters: DeviceCounters::default(),
+                hold_unreachable: AtomicBool::new(false),
+                vnet_hdr,
             }),
             tun_worker: Mutex::new(None),
             rx_workers: Mutex::new(Vec::new()),
@@ -160,14 +178,13 @@ impl Datapath {
         let mut new = Sockets::default();
         for &fd in fds {
             let owned = sys::dup(fd)?;
-            match sys::socket_family(owned.as_fd())? {
+            let family = sys::socket_family(owned.as_fd())?;
+            match family {
                 libc::AF_INET => {
-                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
-                    new.v4 = Some(Arc::new(owned));
+                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?
                 }
                 libc::AF_INET6 => {
-                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-                    new.v6 = Some(Arc::new(owned));
+                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?
                 }
                 other => {
                     return Err(io::Error::new(
@@ -176,17 +193,35 @@ impl Datapath {
                     ))
                 }
             }
+            // Coalesced receive (UDP GRO) is an optimisation: without it every
+            // datagram simply arrives on its own.
+            let gro = sys::set_int_opt(owned.as_fd(), libc::SOL_UDP, sys::UDP_GRO, 1).is_ok();
+            if !gro {
+                self.shared.events.push(Event::Notice {
+                    message: "UDP GRO refused by the kernel; receiving datagrams one by one".into(),
+                });
+            }
+            let sock = Arc::new(UdpSocket {
+                fd: owned,
+                gso: AtomicBool::new(true),
+                gro,
+            });
+            if family == libc::AF_INET {
+                new.v4 = Some(sock);
+            } else {
+                new.v6 = Some(sock);
+            }
         }
         let mut workers = self.rx_workers.lock().map_err(|_| lock_err())?;
         for w in workers.drain(..) {
             w.stop();
         }
-        let to_start: Vec<Arc<OwnedFd>> = new.v4.iter().chain(new.v6.iter()).cloned().collect();
+        let to_start: Vec<Arc<UdpSocket>> = new.v4.iter().chain(new.v6.iter()).cloned().collect();
         *self.shared.sockets.write().map_err(|_| lock_err())? = new;
-        for (i, fd) in to_start.into_iter().enumerate() {
+        for (i, sock) in to_start.into_iter().enumerate() {
             let shared = self.shared.clone();
             workers.push(Worker::spawn(&format!("wgpy-udp{i}"), move |stop| {
-                rx::udp_loop(&shared, &fd, &stop)
+                rx::udp_loop(&shared, &sock, &stop)
             })?);
         }
         Ok(())
@@ -388,6 +423,42 @@ impl Datapath {
         Ok(())
     }
 
+    /// Whether packets of peers with no path are held (staged) rather than
+    /// dropped; turning it off releases every held peer.
+    pub fn set_hold_unreachable(&self, on: bool) {
+        self.shared.hold_unreachable.store(on, Ordering::Relaxed);
+        if !on {
+            let peers: Vec<Arc<Peer>> = match self.shared.peers.read() {
+                Ok(p) => p.values().cloned().collect(),
+                Err(_) => return,
+            };
+            for peer in peers {
+                if hold::release(&peer) {
+                    tx::flush_staged(&self.shared, &peer);
+                }
+            }
+        }
+    }
+
+    /// Holds the peer's packets (no path to it); true if it was not held.
+    pub fn hold(&self, id: PeerId) -> io::Result<bool> {
+        let peer = self.peer(id)?;
+        Ok(hold::hold(&peer))
+    }
+
+    /// Stops holding the peer's packets and sends what is staged (if a
+    /// keypair allows); returns whether it was held and how many went.
+    pub fn release(&self, id: PeerId) -> io::Result<(bool, usize)> {
+        let peer = self.peer(id)?;
+        let was_held = hold::release(&peer);
+        Ok((was_held, tx::flush_staged(&self.shared, &peer)))
+    }
+
+    pub fn is_held(&self, id: PeerId) -> io::Result<bool> {
+        let peer = self.peer(id)?;
+        Ok(hold::is_held(&peer))
+    }
+
     pub fn activity(&self, id: PeerId) -> io::Result<ActivitySnapshot> {
         Ok(self.peer(id)?.activity.snapshot())
     }
@@ -404,7 +475,7 @@ impl Drop for Datapath {
 }
 
 impl Shared {
-    fn socket_for(&self, dst: &SocketAddr) -> Option<Arc<OwnedFd>> {
+    fn socket_for(&self, dst: &SocketAddr) -> Option<Arc<UdpSocket>> {
         let s = self.sockets.read().ok()?;
         match dst {
             SocketAddr::V4(_) => s.v4.clone(),

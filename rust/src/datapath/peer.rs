@@ -197,6 +197,8 @@ pub struct Peer {
     pub staged: Mutex<VecDeque<Vec<u8>>>,
     pub activity: Activity,
     handshake_wanted: AtomicBool,
+    /// No path to the endpoint: packets are staged, not sent (see hold.rs).
+    pub held: AtomicBool,
 }
 
 impl Peer {
@@ -208,6 +210,7 @@ impl Peer {
             staged: Mutex::new(VecDeque::new()),
             activity: Activity::default(),
             handshake_wanted: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         }
     }
 

@@ -12,7 +12,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +23,16 @@ use crate::messages::{self, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE, T
 use crate::session::{inner_packet_len, RekeyTrigger};
 
 use super::events::{Event, HandshakeReason};
+use super::offload;
 use super::sys::{self, EventFd, Readiness, RecvBatch};
-use super::{now_ns, tx, Shared, MAX_PACKET};
+use super::{now_ns, tx, Shared, UdpSocket, MAX_PACKET};
 
 const BATCH: usize = 64;
 
-pub(crate) fn udp_loop(shared: &Shared, fd: &Arc<OwnedFd>, stop: &EventFd) {
-    let raw = fd.as_raw_fd();
+pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
+    let raw = sock.fd.as_raw_fd();
     let mut batch = RecvBatch::new(BATCH, MAX_PACKET);
+    let mut coalescer = offload::Coalescer::new();
     loop {
         match sys::wait_readable(raw, stop) {
             Ok(Readiness::Readable) | Ok(Readiness::Error) => {}
@@ -64,8 +67,20 @@ pub(crate) fn udp_loop(shared: &Shared, fd: &Arc<OwnedFd>, stop: &EventFd) {
                 let meta = batch.meta[i];
                 let Some(src) = meta.src else { continue };
                 let len = meta.len.min(batch.bufs[i].len());
-                handle(shared, &mut batch.bufs[i][..len], src, meta.local, now);
+                // With UDP GRO one buffer can hold a train of datagrams.
+                let step = if sock.gro && meta.segment > 0 {
+                    meta.segment
+                } else {
+                    len.max(1)
+                };
+                for datagram in batch.bufs[i][..len].chunks_mut(step) {
+                    if let Some(range) = handle(shared, datagram, src, meta.local, now) {
+                        deliver(shared, &datagram[range], &mut coalescer);
+                    }
+                }
             }
+            // Nothing waits in the coalescer across batches: latency first.
+            coalescer.flush(&mut |b: &[u8]| tun_write(shared, b));
             if n < BATCH {
                 break;
             }
@@ -73,13 +88,14 @@ pub(crate) fn udp_loop(shared: &Shared, fd: &Arc<OwnedFd>, stop: &EventFd) {
     }
 }
 
+/// Handles one datagram; returns where in `msg` a packet for the TUN device is.
 fn handle(
     shared: &Shared,
     msg: &mut [u8],
     src: SocketAddr,
     local: Option<(IpAddr, u32)>,
     now: Duration,
-) {
+) -> Option<Range<usize>> {
     match messages::message_type(msg) {
         Ok(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
             shared.events.push(Event::Handshake {
@@ -88,10 +104,27 @@ fn handle(
                 local,
             });
         }
-        Ok(TYPE_TRANSPORT) => receive_transport(shared, msg, src, local, now),
+        Ok(TYPE_TRANSPORT) => return receive_transport(shared, msg, src, local, now),
         _ => {
             shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    None
+}
+
+fn tun_write(shared: &Shared, b: &[u8]) {
+    if sys::write(shared.tun_fd(), b).is_err() {
+        shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes a packet to the TUN device: straight from the receive buffer
+/// without offloads, through the coalescer with them.
+fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
+    if shared.vnet_hdr {
+        coalescer.push(packet, &mut |b: &[u8]| tun_write(shared, b));
+    } else {
+        tun_write(shared, packet);
     }
 }
 
@@ -116,9 +149,10 @@ fn receive_transport(
     src: SocketAddr,
     local: Option<(IpAddr, u32)>,
     now: Duration,
-) {
+) -> Option<Range<usize>> {
     let drop = || {
         shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        None
     };
     let Ok(index) = messages::receiver_index(msg) else {
         return drop();
@@ -164,6 +198,7 @@ fn receive_transport(
             reason: HandshakeReason::RekeyOnReceive,
         });
     }
+    let start = range.start;
     let plain = &msg[range];
     if peer
         .activity
@@ -172,7 +207,7 @@ fn receive_transport(
         shared.events.push(Event::Activity { peer: peer.id });
     }
     if plain.is_empty() {
-        return;
+        return None;
     }
     let Some(len) = inner_packet_len(plain) else {
         return drop();
@@ -181,9 +216,7 @@ fn receive_transport(
     let routed = source(packet).and_then(|s| shared.allowed.read().ok().and_then(|t| t.lookup(s)));
     if routed != Some(peer.id) {
         peer.activity.invalid_source.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     }
-    if sys::write(shared.tun_fd(), packet).is_err() {
-        drop();
-    }
+    Some(start..start + len)
 }

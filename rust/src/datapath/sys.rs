@@ -7,6 +7,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -238,8 +239,15 @@ pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Room for one IP_PKTINFO or IPV6_PKTINFO control message.
-const CMSG_SPACE: usize = 64;
+/// Room for an IP_PKTINFO/IPV6_PKTINFO and a UDP_GRO/UDP_SEGMENT control message.
+const CMSG_SPACE: usize = 128;
+/// Linux UDP socket options (include/uapi/linux/udp.h), not in libc for glibc.
+pub const UDP_SEGMENT: libc::c_int = 103;
+pub const UDP_GRO: libc::c_int = 104;
+/// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Stay below the 64 KiB IP datagram limit with room for the headers.
+const GSO_MAX_BYTES: usize = 65_000;
 
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
@@ -252,6 +260,9 @@ pub struct RecvMeta {
     pub src: Option<SocketAddr>,
     /// The local address the datagram was sent to, and the interface.
     pub local: Option<(IpAddr, u32)>,
+    /// With UDP GRO: the size of each coalesced datagram (the last may be
+    /// shorter); 0 when the buffer holds one datagram.
+    pub segment: usize,
 }
 
 /// Reusable buffers for recvmmsg.
@@ -272,7 +283,8 @@ impl RecvBatch {
                 RecvMeta {
                     len: 0,
                     src: None,
-                    local: None
+                    local: None,
+                    segment: 0,
                 };
                 count
             ],
@@ -319,88 +331,111 @@ impl RecvBatch {
         })? as usize;
         for i in 0..got {
             let h = &self.hdrs[i];
+            // SAFETY: msg_hdr was filled by the kernel for this message.
+            let (local, segment) = unsafe { parse_control(&h.msg_hdr) };
             self.meta[i] = RecvMeta {
                 len: h.msg_len as usize,
                 src: sockaddr_to_std(&self.addrs[i]),
-                // SAFETY: msg_hdr was filled by the kernel for this message.
-                local: unsafe { parse_pktinfo(&h.msg_hdr) },
+                local,
+                segment,
             };
         }
         Ok(got)
     }
 }
 
-/// Reads the destination address out of IP_PKTINFO / IPV6_PKTINFO.
+/// Reads the destination address (IP_PKTINFO / IPV6_PKTINFO) and the GRO
+/// segment size (UDP_GRO) out of a received message's control data.
 ///
 /// # Safety
 /// `h` must be a msghdr the kernel filled, whose control buffer is live.
-unsafe fn parse_pktinfo(h: &libc::msghdr) -> Option<(IpAddr, u32)> {
+unsafe fn parse_control(h: &libc::msghdr) -> (Option<(IpAddr, u32)>, usize) {
+    let mut local = None;
+    let mut segment = 0;
     let mut c = libc::CMSG_FIRSTHDR(h);
     while !c.is_null() {
         let cm = &*c;
+        let data = libc::CMSG_DATA(c);
         if cm.cmsg_level == libc::IPPROTO_IP && cm.cmsg_type == libc::IP_PKTINFO {
-            let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-            return Some((
-                IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())),
-                info.ipi_ifindex as u32,
-            ));
-        }
-        if cm.cmsg_level == libc::IPPROTO_IPV6 && cm.cmsg_type == libc::IPV6_PKTINFO {
-            let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-            return Some((
+            let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+            let ip = IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes()));
+            local = Some((ip, info.ipi_ifindex as u32));
+        } else if cm.cmsg_level == libc::IPPROTO_IPV6 && cm.cmsg_type == libc::IPV6_PKTINFO {
+            let info: libc::in6_pktinfo = std::ptr::read_unaligned(data.cast());
+            local = Some((
                 IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
                 info.ipi6_ifindex,
             ));
+        } else if cm.cmsg_level == libc::SOL_UDP && cm.cmsg_type == UDP_GRO {
+            let size: libc::c_int = std::ptr::read_unaligned(data.cast());
+            segment = usize::try_from(size).unwrap_or(0);
         }
         c = libc::CMSG_NXTHDR(h, c);
     }
-    None
+    (local, segment)
 }
 
-/// Writes the control message choosing the source address; returns its length.
-fn build_pktinfo(buf: &mut CmsgBuf, src: (IpAddr, u32)) -> usize {
-    // SAFETY: all-zero is a valid msghdr; it only describes `buf` for the
-    // CMSG_* macros, which stay inside the CMSG_SPACE bytes of `buf`.
+/// Writes the control messages for a send: the source address (if any) and
+/// the UDP GSO segment size (if any); returns their total length.
+fn build_control(buf: &mut CmsgBuf, src: Option<(IpAddr, u32)>, segment: Option<u16>) -> usize {
+    // SAFETY: all-zero is a valid msghdr; it only describes `buf` for
+    // CMSG_FIRSTHDR. At most two messages are written (at most 40 + 24 bytes
+    // of their aligned space), inside the CMSG_SPACE (128) bytes of `buf`,
+    // which is 8-byte aligned as cmsghdr needs.
     unsafe {
         let mut h: libc::msghdr = zeroed();
         h.msg_control = buf.0.as_mut_ptr().cast();
         h.msg_controllen = CMSG_SPACE;
-        let c = libc::CMSG_FIRSTHDR(&h);
-        match src.0 {
-            IpAddr::V4(a) => {
-                (*c).cmsg_level = libc::IPPROTO_IP;
-                (*c).cmsg_type = libc::IP_PKTINFO;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.octets()),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
-            }
-            IpAddr::V6(a) => {
-                (*c).cmsg_level = libc::IPPROTO_IPV6;
-                (*c).cmsg_type = libc::IPV6_PKTINFO;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
-                // A link-local source needs its interface; others route freely.
-                let ifindex = if a.segments()[0] & 0xffc0 == 0xfe80 {
-                    src.1
-                } else {
-                    0
-                };
-                let info = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: a.octets(),
-                    },
-                    ipi6_ifindex: ifindex,
-                };
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
-            }
+        let mut c = libc::CMSG_FIRSTHDR(&h);
+        let mut len = 0;
+        if let Some(src) = src {
+            let space = match src.0 {
+                IpAddr::V4(a) => {
+                    (*c).cmsg_level = libc::IPPROTO_IP;
+                    (*c).cmsg_type = libc::IP_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(a.octets()),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+                }
+                IpAddr::V6(a) => {
+                    (*c).cmsg_level = libc::IPPROTO_IPV6;
+                    (*c).cmsg_type = libc::IPV6_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                    // A link-local source needs its interface; others route freely.
+                    let ifindex = if a.segments()[0] & 0xffc0 == 0xfe80 {
+                        src.1
+                    } else {
+                        0
+                    };
+                    let info = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: a.octets(),
+                        },
+                        ipi6_ifindex: ifindex,
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+                }
+            };
+            len += space;
+            // The next header starts right after this one's aligned space.
+            c = buf.0.as_mut_ptr().add(len).cast();
         }
+        if let Some(seg) = segment {
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), seg);
+            len += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        }
+        len
     }
 }
 
@@ -420,9 +455,128 @@ pub struct SendError {
     pub error: io::Error,
 }
 
-/// Sends every datagram in `packets` to `dst`, from `src` when given, with as
-/// few sendmmsg calls as the kernel allows.
+/// Sends every datagram in `packets` to `dst`, from `src` when given.
+///
+/// While `gso` allows it, runs of equal-sized datagrams (the last of a run
+/// may be shorter) go out as one UDP GSO send each (UDP_SEGMENT): one trip
+/// through the stack for up to 64 datagrams. If the kernel refuses GSO,
+/// `gso` is cleared and everything goes through sendmmsg from then on.
 pub fn send_batch(
+    fd: RawFd,
+    dst: &SocketAddr,
+    src: Option<(IpAddr, u32)>,
+    packets: &[&[u8]],
+    gso: &AtomicBool,
+) -> Result<(), SendError> {
+    let mut sent = 0;
+    let mut scratch = Vec::new();
+    while sent < packets.len() {
+        let run = if gso.load(Ordering::Relaxed) {
+            gso_run(&packets[sent..])
+        } else {
+            0
+        };
+        if run < 2 {
+            let end = if gso.load(Ordering::Relaxed) {
+                sent + run.max(1)
+            } else {
+                packets.len()
+            };
+            send_mmsg(fd, dst, src, &packets[sent..end]).map_err(|e| SendError {
+                sent: sent + e.sent,
+                error: e.error,
+            })?;
+            sent = end;
+            continue;
+        }
+        match send_gso(fd, dst, src, &packets[sent..sent + run], &mut scratch) {
+            Ok(()) => sent += run,
+            Err(e) if is_stale_source_error(&e) && src.is_some() => {
+                return Err(SendError { sent, error: e })
+            }
+            Err(e) if gso_refused(&e) => gso.store(false, Ordering::Relaxed),
+            Err(e) => return Err(SendError { sent, error: e }),
+        }
+    }
+    Ok(())
+}
+
+/// How many datagrams from the start of `packets` can share one GSO send.
+fn gso_run(packets: &[&[u8]]) -> usize {
+    let Some(first) = packets.first() else {
+        return 0;
+    };
+    let size = first.len();
+    if size == 0 || size > usize::from(u16::MAX) {
+        return 1;
+    }
+    let mut total = 0;
+    let mut n = 0;
+    for p in packets.iter().take(GSO_MAX_SEGMENTS) {
+        if p.len() > size || total + p.len() > GSO_MAX_BYTES {
+            break;
+        }
+        total += p.len();
+        n += 1;
+        if p.len() < size {
+            break; // only the last segment may be shorter
+        }
+    }
+    n
+}
+
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)
+    )
+}
+
+fn send_gso(
+    fd: RawFd,
+    dst: &SocketAddr,
+    src: Option<(IpAddr, u32)>,
+    run: &[&[u8]],
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    for p in run {
+        scratch.extend_from_slice(p);
+    }
+    let (mut name, namelen) = sockaddr_from_std(dst);
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE]);
+    let segment = u16::try_from(run[0].len()).unwrap_or(u16::MAX);
+    let cmsg_len = build_control(&mut cmsg, src, Some(segment));
+    let mut iov = libc::iovec {
+        iov_base: scratch.as_mut_ptr().cast(),
+        iov_len: scratch.len(),
+    };
+    // SAFETY: all-zero msghdr is valid; every pointer set references a live
+    // local (name, iov -> scratch, cmsg) for the duration of the call.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = namelen;
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    h.msg_control = cmsg.0.as_mut_ptr().cast();
+    h.msg_controllen = cmsg_len;
+    loop {
+        // SAFETY: `h` describes live buffers, see above.
+        let rc = unsafe { libc::sendmsg(fd, &h, libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => wait_writable(fd),
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
+}
+
+/// sendmmsg of every datagram, each on its own.
+fn send_mmsg(
     fd: RawFd,
     dst: &SocketAddr,
     src: Option<(IpAddr, u32)>,
@@ -431,7 +585,7 @@ pub fn send_batch(
     const MAX: usize = 64;
     let (mut name, namelen) = sockaddr_from_std(dst);
     let mut cmsg = CmsgBuf([0; CMSG_SPACE]);
-    let cmsg_len = src.map(|s| build_pktinfo(&mut cmsg, s)).unwrap_or(0);
+    let cmsg_len = build_control(&mut cmsg, src, None);
     // SAFETY: all-zero iovec/mmsghdr arrays are valid; filled below.
     let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
     let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
@@ -480,4 +634,41 @@ pub fn send_batch(
         sent += rc as usize;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_runs_group_equal_sizes_with_a_shorter_tail() {
+        let a = [0u8; 100];
+        let b = [0u8; 40];
+        let c = [0u8; 120];
+        assert_eq!(gso_run(&[&a, &a, &a]), 3);
+        assert_eq!(
+            gso_run(&[&a, &a, &b, &a]),
+            3,
+            "a shorter datagram ends the run"
+        );
+        assert_eq!(gso_run(&[&a, &c]), 1, "a longer one cannot join");
+        assert_eq!(gso_run(&[]), 0);
+        let many: Vec<&[u8]> = (0..100).map(|_| &a[..]).collect();
+        assert_eq!(gso_run(&many), GSO_MAX_SEGMENTS);
+        let big = vec![0u8; 1500];
+        let bigs: Vec<&[u8]> = (0..60).map(|_| &big[..]).collect();
+        assert_eq!(gso_run(&bigs), GSO_MAX_BYTES / 1500);
+    }
+
+    #[test]
+    fn control_messages_fit() {
+        let mut buf = CmsgBuf([0; CMSG_SPACE]);
+        let both = build_control(
+            &mut buf,
+            Some(("2001:db8::1".parse().expect("ip"), 0)),
+            Some(1452),
+        );
+        assert!(both > 0 && both <= CMSG_SPACE);
+        assert_eq!(build_control(&mut buf, None, None), 0);
+    }
 }

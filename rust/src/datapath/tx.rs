@@ -19,6 +19,8 @@ use crate::messages::TRANSPORT_HEADER_LEN;
 use crate::session::{Keypair, RekeyTrigger};
 
 use super::events::{Event, HandshakeReason};
+use super::hold;
+use super::offload;
 use super::peer::{Endpoint, Peer};
 use super::sys::{self, EventFd, Readiness, SendError};
 use super::{now_ns, PeerId, Shared, MAX_PACKET};
@@ -26,6 +28,8 @@ use super::{now_ns, PeerId, Shared, MAX_PACKET};
 const BATCH: usize = 64;
 /// Largest packet read from the TUN device (IP packets are at most 65535 bytes).
 const MAX_INNER: usize = 65535;
+/// Largest TSO packet the kernel hands over (GSO_MAX_SIZE plus headers).
+const MAX_TSO: usize = 65536 + 256;
 
 /// The destination address of an IP packet.
 pub fn destination(packet: &[u8]) -> Option<IpAddr> {
@@ -42,8 +46,57 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Reusable buffers for reads that carry a virtio-net header.
+struct OffloadReader {
+    read: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// Reads until the device is drained (or a bounded number of reads), cutting
+/// TSO packets into MTU-sized ones; sends a full batch whenever one fills.
+/// Returns how many packets are left in `bufs` to send.
+fn read_offloaded(
+    shared: &Shared,
+    fd: std::os::fd::RawFd,
+    reader: &mut OffloadReader,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+) -> io::Result<usize> {
+    const MAX_READS: usize = 32;
+    let mut n = 0;
+    for _ in 0..MAX_READS {
+        let len = match sys::read(fd, &mut reader.read) {
+            Ok(0) => break,
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let result = offload::split_read(&mut reader.read[..len], &mut reader.scratch, |packet| {
+            if n == bufs.len() {
+                route_and_send(shared, &mut bufs[..n], &lens[..n]);
+                n = 0;
+            }
+            let len = packet.len().min(MAX_INNER);
+            bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
+                .copy_from_slice(&packet[..len]);
+            shared.mtu.fetch_max(len, Ordering::Relaxed);
+            lens[n] = len;
+            n += 1;
+        });
+        if result.is_err() {
+            shared.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(n)
+}
+
 pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
+    let mut reader = OffloadReader {
+        read: vec![0u8; offload::VNET_HDR_LEN + MAX_TSO],
+        scratch: Vec::new(),
+    };
     let mut lens = [0usize; BATCH];
     let fd = shared.tun_fd();
     loop {
@@ -63,22 +116,9 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
                 return;
             }
         }
-        let mut n = 0;
-        while n < BATCH {
-            match sys::read(
-                fd,
-                &mut bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER],
-            ) {
-                Ok(0) => break,
-                Ok(len) => {
-                    // A packet larger than the MTU we were told means the
-                    // interface's MTU was raised: pad against the new one.
-                    shared.mtu.fetch_max(len, Ordering::Relaxed);
-                    lens[n] = len;
-                    n += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let n = if shared.vnet_hdr {
+            match read_offloaded(shared, fd, &mut reader, &mut bufs, &mut lens) {
+                Ok(n) => n,
                 Err(e) => {
                     shared.events.push(Event::TunClosed {
                         error: e.to_string(),
@@ -86,7 +126,33 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
                     return;
                 }
             }
-        }
+        } else {
+            let mut n = 0;
+            while n < BATCH {
+                match sys::read(
+                    fd,
+                    &mut bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER],
+                ) {
+                    Ok(0) => break,
+                    Ok(len) => {
+                        // A packet larger than the MTU we were told means the
+                        // interface's MTU was raised: pad against the new one.
+                        shared.mtu.fetch_max(len, Ordering::Relaxed);
+                        lens[n] = len;
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        shared.events.push(Event::TunClosed {
+                            error: e.to_string(),
+                        });
+                        return;
+                    }
+                }
+            }
+            n
+        };
         route_and_send(shared, &mut bufs[..n], &lens[..n]);
     }
 }
@@ -125,6 +191,9 @@ fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
 
 /// Sends packets that sit at offset 16 of their buffers, all for one peer.
 fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usize]) {
+    if hold::stage_if_held(peer, bufs, lens) {
+        return;
+    }
     let now = monotonic_now();
     let Some(kp) = peer.sending_keypair(now) else {
         peer.stage(
@@ -175,11 +244,8 @@ fn finish_send(
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         return;
     };
-    if send_to_endpoint(shared, peer, ep, sealed).is_err() {
-        shared
-            .counters
-            .tx_dropped
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+    if let Err(e) = send_to_endpoint(shared, peer, ep, sealed) {
+        hold::send_failed(shared, peer, sealed.len(), &e);
         return;
     }
     let now = now_ns();
@@ -228,7 +294,7 @@ pub(crate) fn send_datagrams(
     src: Option<(IpAddr, u32)>,
     messages: &[&[u8]],
 ) -> Result<(), SendError> {
-    let Some(fd) = shared.socket_for(&dst) else {
+    let Some(sock) = shared.socket_for(&dst) else {
         return Err(SendError {
             sent: 0,
             error: io::Error::new(
@@ -237,12 +303,15 @@ pub(crate) fn send_datagrams(
             ),
         });
     };
-    sys::send_batch(fd.as_raw_fd(), &dst, src, messages)
+    sys::send_batch(sock.fd.as_raw_fd(), &dst, src, messages, &sock.gso)
 }
 
 /// Sends whatever is staged if a keypair can send (else asks for a
 /// handshake); returns how many packets went out.
 pub(crate) fn flush_staged(shared: &Shared, peer: &Arc<Peer>) -> usize {
+    if hold::is_held(peer) {
+        return 0;
+    }
     let now = monotonic_now();
     let Some(kp) = peer.sending_keypair(now) else {
         if !peer.staged_is_empty() {
