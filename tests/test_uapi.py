@@ -180,6 +180,9 @@ class FakeDevice:
             for key, p in self.peers_by_key.items()
         ]
 
+    def handover_report(self) -> None:
+        return None  # nothing to report: no wgpy_handover keys in the reply
+
     def snapshot(self) -> object:
         return (
             hexkey(self.private_key) if self.private_key else None,

@@ -13,25 +13,15 @@ handshake and answers a ping that A's kernel sends to 10.200.0.2.
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import wgpy
-from netns import (
-    BackgroundProcess,
-    Namespace,
-    NetnsLab,
-    add_address,
-    require_programs,
-    require_tun,
-    wait_until,
-)
+from netns import Namespace, NetnsLab, require_programs, require_tun
 from packets import (
     ICMP_ECHO_REQUEST,
     echo_reply_to,
@@ -40,6 +30,7 @@ from packets import (
     parse_echo,
     parse_ip,
 )
+from wgnet import WIREGUARD_GO, Node, PeerDump, endpoint_text, start_node
 
 GO_PORT = 51820
 GO_TUNNEL_V4 = "10.200.0.1"
@@ -91,52 +82,19 @@ def net(request: pytest.FixtureRequest, netns_lab: NetnsLab) -> Net:
     return make_net(netns_lab, OUTERS[request.param])
 
 
-def endpoint_text(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def write_secret(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return path
-
-
-@dataclass(frozen=True)
-class PeerDump:
-    """One peer line of `wg show <iface> dump`."""
-
-    public_key: str
-    preshared_key: str
-    endpoint: str
-    allowed_ips: str
-    latest_handshake: int
-    transfer_rx: int
-    transfer_tx: int
-    persistent_keepalive: str
-
-
 @dataclass(frozen=True)
 class GoPeer:
-    """A running wireguard-go interface in namespace `ns`."""
+    """wireguard-go in namespace A, and the UDP address it listens on."""
 
-    ns: Namespace
-    iface: str
-    public_key: wgpy.PublicKey
+    node: Node
     endpoint: Address
-    process: BackgroundProcess
+
+    @property
+    def public_key(self) -> wgpy.PublicKey:
+        return self.node.public_key
 
     def peer_dump(self, public_key: wgpy.PublicKey) -> PeerDump:
-        lines = self.ns.run(["wg", "show", self.iface, "dump"]).stdout.splitlines()
-        for line in lines[1:]:  # the first line is the interface itself
-            fields = line.split("\t")
-            if fields[0] == public_key.to_base64():
-                key, psk, endpoint, allowed, handshake, rx, tx, keepalive = fields
-                return PeerDump(
-                    key, psk, endpoint, allowed, int(handshake), int(rx), int(tx), keepalive
-                )
-        raise AssertionError(f"peer {public_key.to_base64()} not in wg dump: {lines}")
+        return self.node.peer_dump(public_key)
 
 
 def start_wireguard_go(
@@ -147,40 +105,21 @@ def start_wireguard_go(
     preshared_key: wgpy.PresharedKey | None,
     peer_endpoint: Address | None,
 ) -> GoPeer:
-    """Start wireguard-go in namespace A with one peer (wgpy) and wait until it
-    listens on GO_PORT with its interface up and addressed."""
-    ns = net.a
-    iface = lab.interface_name(ns)
-    process = ns.spawn(["wireguard-go", "-f", iface], env={"LOG_LEVEL": "verbose"})
-
-    def uapi_ready() -> bool:
-        if not process.alive():
-            raise AssertionError(f"wireguard-go exited early:\n{process.log()}")
-        sock_path = Path("/var/run/wireguard") / f"{iface}.sock"
-        return sock_path.exists() and ns.run(["wg", "show", iface], check=False).returncode == 0
-
-    wait_until(uapi_ready, timeout=STEP_TIMEOUT, what=f"wireguard-go UAPI socket for {iface}")
-
-    private_key = wgpy.PrivateKey.generate()
-    key_file = write_secret(lab.work_dir / f"{iface}.key", private_key.to_base64())
-    allowed_ips = f"{WGPY_TUNNEL_V4}/32,{WGPY_TUNNEL_V6}/128"
-    command = ["wg", "set", iface, "listen-port", str(GO_PORT), "private-key", str(key_file)]
-    command += ["peer", peer.to_base64(), "allowed-ips", allowed_ips]
-    if preshared_key is not None:
-        psk_file = write_secret(lab.work_dir / f"{iface}.psk", preshared_key.to_base64())
-        command += ["preshared-key", str(psk_file)]
-    if peer_endpoint is not None:
-        command += ["endpoint", endpoint_text(peer_endpoint)]
-    ns.run(command)
-
-    add_address(ns, iface, f"{GO_TUNNEL_V4}/24")
-    add_address(ns, iface, f"{GO_TUNNEL_V6}/64")
-    ns.ip("link", "set", iface, "up")
-    wait_until(lambda: ns.link_is_up(iface), timeout=STEP_TIMEOUT, what=f"{iface} up")
-    wait_until(
-        lambda: ns.udp_listening(GO_PORT), timeout=STEP_TIMEOUT, what="wireguard-go's UDP port"
+    """wireguard-go in namespace A with one peer (wgpy), listening on GO_PORT."""
+    node = start_node(
+        lab,
+        net.a,
+        WIREGUARD_GO,
+        port=GO_PORT,
+        addresses=[f"{GO_TUNNEL_V4}/24", f"{GO_TUNNEL_V6}/64"],
     )
-    return GoPeer(ns, iface, private_key.public_key(), (net.outer.a_address, GO_PORT), process)
+    node.set_peer(
+        peer,
+        [f"{WGPY_TUNNEL_V4}/32", f"{WGPY_TUNNEL_V6}/128"],
+        endpoint=peer_endpoint,
+        preshared_key=preshared_key,
+    )
+    return GoPeer(node, (net.outer.a_address, GO_PORT))
 
 
 def udp_socket(net: Net) -> tuple[socket.socket, Address]:
@@ -266,12 +205,12 @@ def assert_wg_reports_peer(
     preshared_key: wgpy.PresharedKey | None,
 ) -> None:
     peer = go.peer_dump(key)
-    assert peer.endpoint == endpoint_text(endpoint)
+    assert peer.endpoint == endpoint_text(*endpoint)
     assert peer.preshared_key == (preshared_key.to_base64() if preshared_key else "(none)")
     assert peer.latest_handshake > 0
     assert abs(time.time() - peer.latest_handshake) < 60
-    assert peer.transfer_rx > 0
-    assert peer.transfer_tx > 0
+    assert peer.rx > 0
+    assert peer.tx > 0
 
 
 @pytest.mark.parametrize("use_psk", [False, True], ids=["no-psk", "psk"])

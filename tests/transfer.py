@@ -68,8 +68,8 @@ class TransferJob:
     def finish(self) -> TransferResult:
         self.sender.popen.wait(timeout=self.timeout)
         self.receiver.popen.wait(timeout=30)
-        sent = json.loads(self.sender.log().strip().splitlines()[-1])
-        got = json.loads(self.receiver.log().strip().splitlines()[-1])
+        sent = last_json(self.sender)
+        got = last_json(self.receiver)
         return TransferResult(
             sent["bytes"],
             got["bytes"],
@@ -78,6 +78,32 @@ class TransferJob:
             sent["seconds"],
             got["longest_gap"],
         )
+
+
+def start_receiver(
+    ns: Namespace, address: str, *, port: int = 5201, timeout: float = 120.0
+) -> BackgroundProcess:
+    """A receiver bound to `address:port` in `ns`, listening when this returns; its
+    last output line is JSON with `bytes`, `sha256` and `longest_gap`."""
+    rx = ns.spawn([sys.executable, "-c", RECEIVER, address, str(port), str(timeout)])
+    wait_until(lambda: _listening(ns, port), timeout=10, what="receiver listening")
+    return rx
+
+
+def start_sender(
+    ns: Namespace, address: str, total: int, *, port: int = 5201, pace: float = 0.0
+) -> BackgroundProcess:
+    """A sender of `total` bytes to `address:port` from `ns`; its last output line is
+    JSON with `bytes`, `sha256` and `seconds`."""
+    return ns.spawn([sys.executable, "-c", SENDER, address, str(port), str(total), str(pace)])
+
+
+def last_json(process: BackgroundProcess) -> dict:
+    """The last line of a finished helper's output, parsed."""
+    lines = process.log().strip().splitlines()
+    if not lines:
+        raise AssertionError(f"{process.argv[:3]} printed nothing (exit {process.popen.poll()})")
+    return json.loads(lines[-1])
 
 
 def start_tcp_transfer(
@@ -90,9 +116,8 @@ def start_tcp_transfer(
     pace: float = 0.0,
     timeout: float = 120.0,
 ) -> TransferJob:
-    rx = receiver.spawn([sys.executable, "-c", RECEIVER, address, str(port), str(timeout)])
-    wait_until(lambda: _listening(receiver, port), timeout=10, what="receiver listening")
-    tx = sender.spawn([sys.executable, "-c", SENDER, address, str(port), str(total), str(pace)])
+    rx = start_receiver(receiver, address, port=port, timeout=timeout)
+    tx = start_sender(sender, address, total, port=port, pace=pace)
     return TransferJob(rx, tx, timeout)
 
 

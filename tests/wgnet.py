@@ -52,6 +52,22 @@ class PeerDump:
     persistent_keepalive: str
 
 
+def parse_dump(text: str) -> list[PeerDump]:
+    """The peer lines of `wg show IFACE dump` output (the first line is the interface)."""
+    peers = []
+    for line in text.splitlines()[1:]:
+        f = line.split("\t")
+        peers.append(PeerDump(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), int(f[6]), f[7]))
+    return peers
+
+
+def find_peer(dump_text: str, public_key: wgpy.PublicKey, where: str = "the interface") -> PeerDump:
+    for peer in parse_dump(dump_text):
+        if peer.public_key == public_key.to_base64():
+            return peer
+    raise AssertionError(f"{public_key.to_base64()} is not a peer of {where}")
+
+
 @dataclass
 class Node:
     lab: NetnsLab
@@ -72,14 +88,15 @@ class Node:
 
     def set_peer(
         self,
-        other: Node,
+        other: Node | wgpy.PublicKey,
         allowed_ips: list[str],
         *,
         endpoint: tuple[str, int] | None = None,
         preshared_key: wgpy.PresharedKey | None = None,
         keepalive: int | None = None,
     ) -> None:
-        args = ["set", self.iface, "peer", other.public_key.to_base64()]
+        key = other.public_key if isinstance(other, Node) else other
+        args = ["set", self.iface, "peer", key.to_base64()]
         args += ["allowed-ips", ",".join(allowed_ips)]
         if endpoint is not None:
             args += ["endpoint", endpoint_text(*endpoint)]
@@ -91,11 +108,7 @@ class Node:
         self.wg(*args)
 
     def peer_dump(self, public_key: wgpy.PublicKey) -> PeerDump:
-        for line in self.wg("show", self.iface, "dump").splitlines()[1:]:
-            f = line.split("\t")
-            if f[0] == public_key.to_base64():
-                return PeerDump(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), int(f[6]), f[7])
-        raise AssertionError(f"{public_key.to_base64()} is not a peer of {self.iface}")
+        return find_peer(self.wg("show", self.iface, "dump"), public_key, self.iface)
 
     def ping(
         self, address: str, *, count: int = 3, timeout: float = 2.0, source: str | None = None

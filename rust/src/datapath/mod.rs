@@ -52,6 +52,29 @@ type IndexTable = HashMap<u32, (Arc<Peer>, Arc<Keypair>)>;
 /// plus the transport overhead).
 pub const MAX_PACKET: usize = 65535 + 64;
 
+/// The address at `v4` (IPv4) or `v6` (IPv6) bytes into an IP packet.
+fn address_at(packet: &[u8], v4: usize, v6: usize) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            Some(IpAddr::from(<[u8; 4]>::try_from(&packet[v4..v4 + 4]).ok()?))
+        }
+        6 if packet.len() >= 40 => Some(IpAddr::from(
+            <[u8; 16]>::try_from(&packet[v6..v6 + 16]).ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The source address of an IP packet (what the receive check routes).
+pub(crate) fn inner_source(packet: &[u8]) -> Option<IpAddr> {
+    address_at(packet, 12, 8)
+}
+
+/// The destination address of an IP packet (what the send path routes).
+pub(crate) fn inner_destination(packet: &[u8]) -> Option<IpAddr> {
+    address_at(packet, 16, 24)
+}
+
 pub(crate) fn now_ns() -> u64 {
     u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -25,7 +25,7 @@ use crate::session::{inner_packet_len, RekeyTrigger};
 use super::events::{Event, HandshakeReason};
 use super::offload;
 use super::sys::{self, EventFd, Readiness, RecvBatch};
-use super::{now_ns, tx, Shared, UdpSocket, MAX_PACKET};
+use super::{inner_source, now_ns, tx, Shared, UdpSocket, MAX_PACKET};
 
 const BATCH: usize = 64;
 
@@ -128,21 +128,6 @@ fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
     }
 }
 
-/// The source address of an IP packet.
-fn source(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[12..16].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[8..24].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
-}
-
 fn receive_transport(
     shared: &Shared,
     msg: &mut [u8],
@@ -213,7 +198,8 @@ fn receive_transport(
         return drop();
     };
     let packet = &plain[..len];
-    let routed = source(packet).and_then(|s| shared.allowed.read().ok().and_then(|t| t.lookup(s)));
+    let routed =
+        inner_source(packet).and_then(|s| shared.allowed.read().ok().and_then(|t| t.lookup(s)));
     if routed != Some(peer.id) {
         peer.activity.invalid_source.fetch_add(1, Ordering::Relaxed);
         return None;

@@ -23,28 +23,13 @@ use super::hold;
 use super::offload;
 use super::peer::{Endpoint, Peer};
 use super::sys::{self, EventFd, Readiness, SendError};
-use super::{now_ns, PeerId, Shared, MAX_PACKET};
+use super::{inner_destination, now_ns, PeerId, Shared, MAX_PACKET};
 
 const BATCH: usize = 64;
 /// Largest packet read from the TUN device (IP packets are at most 65535 bytes).
 const MAX_INNER: usize = 65535;
 /// Largest TSO packet the kernel hands over (GSO_MAX_SIZE plus headers).
 const MAX_TSO: usize = 65536 + 256;
-
-/// The destination address of an IP packet.
-pub fn destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[16..20].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[24..40].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
-}
 
 /// Reusable buffers for reads that carry a virtio-net header.
 struct OffloadReader {
@@ -162,7 +147,7 @@ fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
     if let Ok(table) = shared.allowed.read() {
         for (buf, &len) in bufs.iter().zip(lens) {
             let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
-            routes.push(destination(packet).and_then(|d| table.lookup(d)));
+            routes.push(inner_destination(packet).and_then(|d| table.lookup(d)));
         }
     }
     let peers = match shared.peers.read() {
