@@ -9,6 +9,7 @@ timestamps already replayed into the timers.
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from wgpy.device import Device
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# How often a busy peer's activity is re-read (seconds).
+ACTIVITY_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class _Seen:
     first_rx_data: float = 0.0
     last_rx_data: float = 0.0
     last_tx_data: float = 0.0
+    bytes: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -103,11 +108,14 @@ class Peer:
         """At most one initiation per REKEY_TIMEOUT (kernel `last_sent_handshake`)."""
         return self.last_sent_handshake is None or now - self.last_sent_handshake >= REKEY_TIMEOUT
 
-    def reconcile(self, now: float) -> None:
-        """Replays the data plane's activity into the timers, in time order."""
-        (_tx, _rx, last_tx, last_rx, first_tx, first_rx, last_rx_data, last_tx_data, _inv) = (
+    def reconcile(self, now: float) -> bool:
+        """Replays the data plane's activity into the timers, in time order;
+        returns whether any authenticated packet went either way since the last call."""
+        (tx, rx, last_tx, last_rx, first_tx, first_rx, last_rx_data, last_tx_data, _inv) = (
             self.device.datapath.activity(self.id)
         )
+        changed = (tx, rx) != self.seen.bytes
+        self.seen.bytes = (tx, rx)
         offset = now - time.monotonic()
         events: list[tuple[float, int, str]] = []
         s = self.seen
@@ -141,19 +149,37 @@ class Peer:
                 self.timers.data_sent(t)
             else:
                 self.timers.data_received(t)
+        return changed
 
     async def run_timers(self) -> None:
-        """The peer's timer task: sleep to the next deadline or a poke, then act."""
+        """The peer's timer task: sleep to the next deadline or a poke, then act.
+
+        While packets flow it re-reads the data plane's activity every
+        ACTIVITY_POLL seconds (timers armed by packets are at least 10 s out,
+        and the timestamps are exact, so this loses no precision); once a read
+        finds nothing new it stops, and the data plane wakes it at the next
+        packet.
+        """
+        dp = self.device.datapath
         with self.cancel_scope:
             # A peer removed before this task first ran is gone from the data plane.
             await trio.lowlevel.checkpoint()
             while True:
                 now = trio.current_time()
-                self.reconcile(now)
+                active = self.reconcile(now)
                 self.timers.fire_due(now)
-                self.reconcile(trio.current_time())
+                active |= self.reconcile(trio.current_time())
+                if not active:
+                    dp.watch_activity(self.id, False)
+                    # A packet between the read and the unwatch woke nobody.
+                    if self.reconcile(trio.current_time()):
+                        dp.watch_activity(self.id, True)
+                        active = True
                 deadline = self.timers.next_deadline()
-                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                wake_at = deadline if deadline is not None else math.inf
+                if active:
+                    wake_at = min(wake_at, now + ACTIVITY_POLL)
+                with trio.move_on_at(wake_at):
                     await self.wake.wait()
                 self.wake = trio.Event()
 

@@ -903,6 +903,12 @@ mod python {
             ))
         }
 
+        /// Stop (False) or resume (True) polling the peer's activity; while
+        /// not polling, the next authenticated packet raises an "activity" event.
+        fn watch_activity(&self, peer: u64, watching: bool) -> PyResult<()> {
+            Ok(self.0.watch_activity(peer, watching)?)
+        }
+
         fn allowed_ip_insert(&self, ip: &str, cidr: u8, peer: u64) -> PyResult<()> {
             let ip = ip_of(ip)?;
             let mut t = self

@@ -486,6 +486,18 @@ impl Datapath {
         Ok(self.peer(id)?.activity.snapshot())
     }
 
+    /// The control plane stops (false) or resumes (true) reading the peer's
+    /// activity on its own; while it does not, the next packet wakes it.
+    pub fn watch_activity(&self, id: PeerId, watching: bool) -> io::Result<()> {
+        let peer = self.peer(id)?;
+        if watching {
+            peer.activity.watch();
+        } else {
+            peer.activity.unwatch();
+        }
+        Ok(())
+    }
+
     pub fn allowed_ips(&self) -> &RwLock<AllowedIps<PeerId>> {
         &self.shared.allowed
     }

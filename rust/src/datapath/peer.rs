@@ -12,12 +12,15 @@
 //!   so that replaying them in time order gives the kernel's timer events:
 //!   last authenticated send/receive, first data send since the last
 //!   authenticated receive, first data receive since the last authenticated
-//!   send, last data send and receive. A "watch" bit per first-since value makes the
-//!   data plane wake the control plane only when it is not already waiting on it.
+//!   send, last data send and receive. While a peer is active the control
+//!   plane reads these about once a second; when it finds the peer idle it
+//!   clears the "watch" flag, and the next authenticated packet sets it
+//!   again and wakes the control plane: one wake per idle-to-active change,
+//!   never one per packet.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::session::Keypair;
@@ -85,9 +88,6 @@ impl Slots {
     }
 }
 
-const WATCH_TX: u8 = 1;
-const WATCH_RX: u8 = 2;
-
 #[derive(Default)]
 pub struct Activity {
     pub tx_bytes: AtomicU64,
@@ -100,7 +100,7 @@ pub struct Activity {
     pub last_tx_data: AtomicU64,
     /// Data packets whose inner source address belongs to another peer.
     pub invalid_source: AtomicU64,
-    watch: AtomicU8,
+    watch: AtomicBool,
 }
 
 /// A consistent-enough reading of `Activity` (times in ns, 0 = never).
@@ -118,19 +118,15 @@ pub struct ActivitySnapshot {
 }
 
 impl Activity {
-    /// Sets a first-since value if unset; returns true if the control plane
-    /// must be woken to notice it.
-    fn mark_first(&self, slot: &AtomicU64, bit: u8, now: u64) -> bool {
-        if slot.load(Ordering::Relaxed) != 0 {
-            return false;
+    /// True if the control plane was not watching: it must be woken.
+    fn wake_if_unwatched(&self) -> bool {
+        !self.watch.load(Ordering::Relaxed) && !self.watch.swap(true, Ordering::AcqRel)
+    }
+
+    fn mark_first(slot: &AtomicU64, now: u64) {
+        if slot.load(Ordering::Relaxed) == 0 {
+            let _ = slot.compare_exchange(0, now, Ordering::SeqCst, Ordering::Relaxed);
         }
-        if slot
-            .compare_exchange(0, now, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        self.watch.fetch_or(bit, Ordering::SeqCst) & bit == 0
     }
 
     /// An authenticated packet left: returns true if the control plane must be woken.
@@ -140,11 +136,11 @@ impl Activity {
         if self.first_rx_data_since_tx.load(Ordering::Relaxed) != 0 {
             self.first_rx_data_since_tx.store(0, Ordering::SeqCst);
         }
-        if !is_data {
-            return false;
+        if is_data {
+            self.last_tx_data.store(now, Ordering::Relaxed);
+            Self::mark_first(&self.first_tx_data_since_rx, now);
         }
-        self.last_tx_data.store(now, Ordering::Relaxed);
-        self.mark_first(&self.first_tx_data_since_rx, WATCH_TX, now)
+        self.wake_if_unwatched()
     }
 
     /// An authenticated packet arrived: returns true if the control plane must be woken.
@@ -156,26 +152,24 @@ impl Activity {
         }
         if is_data {
             self.last_rx_data.store(now, Ordering::Relaxed);
-            return self.mark_first(&self.first_rx_data_since_tx, WATCH_RX, now);
+            Self::mark_first(&self.first_rx_data_since_tx, now);
         }
-        false
+        self.wake_if_unwatched()
     }
 
-    /// Reads the values; clears the watch bit of each first-since value that
-    /// is unset, so the next one to be set wakes the control plane (the
-    /// re-read after clearing closes the race with a concurrent set).
+    /// The control plane found the peer idle and stops reading: the next
+    /// authenticated packet wakes it. It reads once more after this, so a
+    /// packet that raced with it is not missed.
+    pub fn unwatch(&self) {
+        self.watch.store(false, Ordering::SeqCst);
+    }
+
+    /// The control plane reads the activity again on its own.
+    pub fn watch(&self) {
+        self.watch.store(true, Ordering::SeqCst);
+    }
+
     pub fn snapshot(&self) -> ActivitySnapshot {
-        for (slot, bit) in [
-            (&self.first_tx_data_since_rx, WATCH_TX),
-            (&self.first_rx_data_since_tx, WATCH_RX),
-        ] {
-            if slot.load(Ordering::SeqCst) == 0 {
-                self.watch.fetch_and(!bit, Ordering::SeqCst);
-                if slot.load(Ordering::SeqCst) != 0 {
-                    self.watch.fetch_or(bit, Ordering::SeqCst);
-                }
-            }
-        }
         ActivitySnapshot {
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
@@ -352,43 +346,42 @@ mod tests {
     }
 
     #[test]
-    fn activity_wakes_once_per_first_since_value() {
+    fn activity_wakes_only_from_idle() {
         let a = Activity::default();
-        assert!(a.sent(10, 100, true), "first data send wakes");
-        assert!(!a.sent(11, 100, true), "already watching");
-        assert_eq!(a.snapshot().first_tx_data_since_rx, 10);
         assert!(
-            !a.received(12, 32, false),
-            "keepalive never arms the passive keepalive"
+            a.sent(10, 100, true),
+            "the first packet wakes the control plane"
         );
-        assert!(
-            !a.sent(13, 100, true),
-            "still watching: the control plane has not seen the clear"
-        );
-        assert_eq!(a.snapshot().first_tx_data_since_rx, 13);
-        a.received(14, 32, false);
+        assert!(!a.sent(11, 100, true), "it is watching now");
+        assert!(!a.received(12, 32, false));
+        let s = a.snapshot();
         assert_eq!(
-            a.snapshot().first_tx_data_since_rx,
-            0,
+            s.first_tx_data_since_rx, 0,
             "any authenticated receive clears it"
         );
-        assert!(
-            a.sent(15, 100, true),
-            "after a snapshot saw it unset, the next set wakes"
+        assert_eq!(
+            s.first_rx_data_since_tx, 0,
+            "a keepalive never arms the passive keepalive"
         );
-        assert!(a.received(16, 100, true));
-        assert_eq!(a.snapshot().first_rx_data_since_tx, 16);
-        a.sent(17, 32, false);
+        a.unwatch();
+        assert!(
+            a.received(14, 100, true),
+            "after going idle the next packet wakes"
+        );
+        assert!(!a.sent(15, 100, true));
         let s = a.snapshot();
         assert_eq!(
             s.first_rx_data_since_tx, 0,
             "any authenticated send clears it"
         );
+        assert_eq!(s.first_tx_data_since_rx, 15);
         assert_eq!(
-            s.first_tx_data_since_rx, 0,
-            "the data receive at 16 cleared it"
+            (s.rx_bytes, s.tx_bytes, s.last_rx_data, s.last_tx_data),
+            (132, 300, 14, 15)
         );
-        assert_eq!((s.rx_bytes, s.tx_bytes, s.last_rx_data), (164, 432, 16));
+        a.unwatch();
+        a.watch();
+        assert!(!a.sent(16, 1, false), "watching again on its own");
     }
 
     #[test]
