@@ -32,6 +32,7 @@ from pathlib import Path
 PROC = Path("/proc")
 PF_KTHREAD = 0x00200000  # task flag of kernel threads (include/linux/sched.h)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIN_JUDGED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,13 @@ class OtherUse:
 
     @property
     def cores(self) -> float:
-        """Average number of cores the others kept busy."""
-        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+        """Average number of cores the others kept busy.
+
+        /proc times advance in whole ticks (10 ms), so one tick in a 5 ms
+        interval would read as two busy cores: intervals shorter than
+        MIN_JUDGED_SECONDS are judged as if they lasted that long.
+        """
+        return self.cpu_seconds / max(self.seconds, MIN_JUDGED_SECONDS)
 
     def describe(self) -> str:
         who = ", ".join(f"{comm}[{pid}] {cpu:.2f} s" for pid, comm, cpu in self.top[:5])
@@ -202,21 +208,36 @@ def other_use(
     seconds: float,
     steal_ticks: int = 0,
     ticks_per_second: int = CLOCK_TICKS,
+    cpus: int | None = None,
 ) -> OtherUse:
     """CPU used between two snapshots by processes outside `ours`.
 
     A pid counts as the same process only if its start time is unchanged; a
     process absent from `before` started during the interval, so all its CPU
     counts. A process that both started and exited unseen is caught through
-    its parent's reaped-children times.
+    its parent's reaped-children times. Those grow by a child's whole
+    lifetime CPU when it is reaped; for children seen in `before`, what they
+    had used by then is subtracted, so a long job ending during the interval
+    counts only for its last part. What remains errs towards "busy" (a child
+    reparented before it exits), and is capped at `cpus` cores for the
+    interval (judged as at least MIN_JUDGED_SECONDS long).
     """
+    # CPU that children gone since `before` had already used then, by parent.
+    used_before_exit: dict[int, int] = {}
+    for pid, then in before.items():
+        now = after.get(pid)
+        if now is None or now.starttime != then.starttime:
+            used_before_exit[then.ppid] = (
+                used_before_exit.get(then.ppid, 0) + then.own_ticks + then.reaped_ticks
+            )
     per_process: list[tuple[int, str, float]] = []
     kernel = 0
     total = 0
     for pid, now in after.items():
         then = before.get(pid)
         if then is not None and then.starttime == now.starttime:
-            ticks = (now.own_ticks - then.own_ticks) + (now.reaped_ticks - then.reaped_ticks)
+            reaped = now.reaped_ticks - then.reaped_ticks - used_before_exit.get(pid, 0)
+            ticks = (now.own_ticks - then.own_ticks) + max(0, reaped)
         else:
             ticks = now.own_ticks + now.reaped_ticks
         if ticks <= 0:
@@ -227,9 +248,12 @@ def other_use(
             total += ticks
             per_process.append((pid, now.comm, ticks / ticks_per_second))
     per_process.sort(key=lambda item: item[2], reverse=True)
+    cpu_total = (total + steal_ticks) / ticks_per_second
+    if cpus is not None:
+        cpu_total = min(cpu_total, cpus * max(seconds, MIN_JUDGED_SECONDS))
     return OtherUse(
         seconds=seconds,
-        cpu_seconds=(total + steal_ticks) / ticks_per_second,
+        cpu_seconds=cpu_total,
         steal_seconds=steal_ticks / ticks_per_second,
         kernel_thread_seconds=kernel / ticks_per_second,
         top=per_process[:10],
@@ -270,6 +294,7 @@ class BusyMonitor:
             ours,
             self._time - t0,
             steal_ticks=self._machine.steal - machine_before.steal,
+            cpus=os.cpu_count(),
         )
 
     def quiet_window(self, seconds: float) -> OtherUse:

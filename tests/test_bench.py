@@ -103,6 +103,8 @@ def test_other_use_counts_only_processes_outside_the_benchmark(tmp_path):
     proc.process(102, "iperf3", 101, utime=10)  # a grandchild
     proc.process(200, "make", 1, utime=10, cutime=5)  # someone else
     proc.process(201, "reused", 1, utime=500, start=10)  # will exit; pid reused below
+    proc.process(400, "bash", 1)  # someone's shell...
+    proc.process(401, "pytest", 400, utime=900, cutime=100)  # ...running a long job
     before = cpu.snapshot(proc.root)
 
     proc.process(2, "kthreadd", 0, flags=cpu.PF_KTHREAD, stime=30)
@@ -113,20 +115,23 @@ def test_other_use_counts_only_processes_outside_the_benchmark(tmp_path):
     proc.process(200, "make", 1, utime=20, cutime=25)  # +10 own, +20 reaped
     proc.process(201, "cc", 1, utime=3, start=5000)  # same pid, a new process
     proc.process(300, "cargo", 1, utime=40)  # new: all of it counts
+    proc.exit(401)  # the job ends, having used 6 more ticks; bash reaps it
+    proc.process(400, "bash", 1, cutime=900 + 100 + 6)
     after = cpu.snapshot(proc.root)
 
     ours = cpu.descendants((before, after), 100)
     assert ours == {100, 101, 102, 103}
     use = cpu.other_use(before, after, ours, seconds=2.0, steal_ticks=4, ticks_per_second=100)
-    assert use.cpu_seconds == pytest.approx((10 + 20 + 3 + 40 + 4) / 100)
+    assert use.cpu_seconds == pytest.approx((10 + 20 + 3 + 40 + 6 + 4) / 100)
     assert use.steal_seconds == pytest.approx(0.04)
     assert use.kernel_thread_seconds == pytest.approx(0.30)
-    assert use.cores == pytest.approx(0.77 / 2)
-    assert [(pid, comm) for pid, comm, _ in use.top] == [(300, "cargo"), (200, "make"), (201, "cc")]
+    assert use.cores == pytest.approx(0.83 / 2)
+    top = [(pid, comm) for pid, comm, _ in use.top]
+    assert top == [(300, "cargo"), (200, "make"), (400, "bash"), (201, "cc")]
     capped = cpu.other_use(before, after, ours, 0.1, ticks_per_second=100, cpus=2)
-    assert capped.cpu_seconds == pytest.approx(0.73)  # under the cap: unchanged
+    assert capped.cpu_seconds == pytest.approx(0.79)  # under the cap: unchanged
     capped = cpu.other_use(before, after, ours, 0.1, ticks_per_second=10, cpus=2)
-    assert capped.cpu_seconds == pytest.approx(2.0)  # 7.3 s: more than 2 cores in 1 s
+    assert capped.cpu_seconds == pytest.approx(2.0)  # 7.9 s: more than 2 cores in 1 s
 
 
 def test_busy_verdict_and_short_intervals():

@@ -43,7 +43,7 @@ class PeerDump:
     """One peer line of `wg show IFACE dump`."""
 
     public_key: str
-    preshared_key: str
+    preshared_key: str = field(repr=False)  # a secret: kept out of failure reports
     endpoint: str
     allowed_ips: str
     latest_handshake: int

@@ -5,7 +5,9 @@
     wgpy down CONFIG|IFACE                 take it down again
     wgpy show [IFACE] [--json]             state of running interfaces
     wgpy demo [--json]                     a tunnel between two namespaces, measured
-    wgpy [-f/--foreground] IFACE           the daemon, as `wireguard-go IFACE`
+    wgpy [-f/--foreground] [--no-handover] IFACE
+                                           the daemon, as `wireguard-go IFACE`;
+                                           --no-handover: ignore underlay changes
 
 Errors are one line on stderr and a non-zero exit status, never a traceback.
 """

@@ -76,8 +76,19 @@ class PeerState:
     tx_bytes: int = 0
     persistent_keepalive: int = 0
     allowed_ips: list[str] = field(default_factory=list)
-    # Reported by wgpy only (an extension key of its UAPI replies).
+    # Reported by wgpy only (extension keys of its UAPI replies).
     invalid_source_packets: int | None = None
+    last_reannounce: float | None = None
+
+
+@dataclass
+class HandoverEvent:
+    """One recent handover decision (wgpy.handover), as `wgpy show` reports it."""
+
+    time: float
+    kind: str
+    peer: str | None  # public key, base64
+    detail: str
 
 
 @dataclass
@@ -87,12 +98,22 @@ class DeviceState:
     listen_port: int = 0
     fwmark: int = 0
     peers: list[PeerState] = field(default_factory=list)
+    # Reported by wgpy only: "on"/"off", the last underlay change, recent decisions.
+    handover: str | None = None
+    last_underlay_change: float | None = None
+    handover_events: list[HandoverEvent] = field(default_factory=list)
 
 
 def _b64(hex_key: str) -> str:
     import base64
 
     return base64.b64encode(bytes.fromhex(hex_key)).decode()
+
+
+def _handover_event(value: str) -> HandoverEvent:
+    """`<unix time> <kind> <public key hex or -> <detail>`."""
+    at, kind, peer, detail = ([*value.split(" ", 3), "", "", ""])[:4]
+    return HandoverEvent(float(at), kind, None if peer in ("-", "") else _b64(peer), detail)
 
 
 def get_state(iface: str) -> DeviceState:
@@ -116,6 +137,12 @@ def get_state(iface: str) -> DeviceState:
                 state.listen_port = int(value)
             elif key == "fwmark":
                 state.fwmark = int(value)
+            elif key == "wgpy_handover":
+                state.handover = value
+            elif key == "wgpy_last_underlay_change":
+                state.last_underlay_change = float(value)
+            elif key == "wgpy_handover_event":
+                state.handover_events.append(_handover_event(value))
         elif key == "preshared_key":
             peer.preshared_key = None if set(value) == {"0"} else _b64(value)
         elif key == "endpoint":
@@ -135,4 +162,6 @@ def get_state(iface: str) -> DeviceState:
             peer.allowed_ips.append(value)
         elif key == "wgpy_invalid_source_packets":
             peer.invalid_source_packets = int(value)
+        elif key == "wgpy_last_reannounce":
+            peer.last_reannounce = float(value)
     return state

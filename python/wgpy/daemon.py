@@ -6,6 +6,8 @@
   setup failed, with the reason on stderr.
 - `-f`/`--foreground` or WG_PROCESS_FOREGROUND=1 keep it in the foreground.
 - LOG_LEVEL=verbose|debug|error|silent sets verbosity.
+- `--no-handover` or WGPY_HANDOVER=0 turn off following underlay changes
+  (wgpy.handover; on by default).
 - Exits cleanly on SIGINT/SIGTERM, when the TUN interface is deleted and
   when the UAPI socket file is removed.
 """
@@ -24,6 +26,7 @@ import trio
 
 from wgpy.control import socket_path
 from wgpy.device import Device
+from wgpy.handover import ENV as HANDOVER_ENV
 from wgpy.tun import valid_interface_name
 
 log = logging.getLogger("wgpy")
@@ -54,8 +57,9 @@ async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
     try:
         device = Device(iface)
         await device.__aenter__()
-    except OSError as e:
-        ready(f"cannot create interface {iface}: {e.strerror or e}")
+    except Exception as e:  # any setup failure is reported in one line
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        ready(f"cannot create interface {iface}: {reason}")
         return
     try:
         async with trio.open_nursery() as nursery:
@@ -76,8 +80,8 @@ async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
             nursery.start_soon(stop_when, "TUN interface gone", device.tun_gone.wait)
             nursery.start_soon(stop_when, "signal received", _wait_for_signal)
     finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        # serve_uapi removes the socket if it is still its own: another
+        # daemon's socket at the same path must survive this one failing.
         await device.__aexit__(None, None, None)
 
 
@@ -134,13 +138,16 @@ def main(args: list[str]) -> int:
     for a in args:
         if a in ("-f", "--foreground"):
             foreground = True
+        elif a == "--no-handover":
+            # Through the environment, so the detached daemon sees it too.
+            os.environ[HANDOVER_ENV] = "0"
         elif a.startswith("-"):
             print(f"wgpy: unknown option {a}", file=sys.stderr)
             return 1
         else:
             names.append(a)
     if len(names) != 1:
-        print("Usage: wgpy [-f/--foreground] INTERFACE-NAME", file=sys.stderr)
+        print("Usage: wgpy [-f/--foreground] [--no-handover] INTERFACE-NAME", file=sys.stderr)
         return 1
     iface = names[0]
     if not valid_interface_name(iface):

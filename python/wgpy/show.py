@@ -50,6 +50,8 @@ def _peer_text(p: PeerState, now: float) -> list[str]:
         lines.append(f"  transfer: {_bytes(p.rx_bytes)} received, {_bytes(p.tx_bytes)} sent")
     if p.persistent_keepalive:
         lines.append(f"  persistent keepalive: every {p.persistent_keepalive} seconds")
+    if p.last_reannounce:
+        lines.append(f"  re-announced: {_ago(p.last_reannounce, now)}")
     return lines
 
 
@@ -63,6 +65,10 @@ def as_text(state: DeviceState) -> str:
         lines.append(f"  listening port: {state.listen_port}")
     if state.fwmark:
         lines.append(f"  fwmark: {state.fwmark:#x}")
+    if state.handover is not None:
+        change = state.last_underlay_change
+        since = f" (underlay changed {_ago(change, now)})" if change else ""
+        lines.append(f"  handover: {state.handover}{since}")
     for p in sorted(state.peers, key=lambda p: p.last_handshake or 0, reverse=True):
         lines.append("")
         lines += _peer_text(p, now)

@@ -65,6 +65,7 @@ from wgpy._core import PresharedKey, PrivateKey, PublicKey
 
 if TYPE_CHECKING:
     from wgpy.device import Device
+    from wgpy.handover import HandoverReport
     from wgpy.peer import Peer
 
 log = logging.getLogger("wgpy.uapi")
@@ -410,6 +411,28 @@ def _unix_time(seconds: float | None) -> tuple[int, int]:
 
 
 INVALID_SOURCE_KEY = "wgpy_invalid_source_packets"
+# Handover (wgpy.handover), device level: on|off; the Unix time of the last
+# underlay change; the recent decisions, oldest first, one per line as
+# "<unix time> <kind> <peer public key hex or -> <detail>". Peer level: the
+# Unix time of the last re-announcement to the peer.
+HANDOVER_KEY = "wgpy_handover"
+LAST_UNDERLAY_CHANGE_KEY = "wgpy_last_underlay_change"
+HANDOVER_EVENT_KEY = "wgpy_handover_event"
+LAST_REANNOUNCE_KEY = "wgpy_last_reannounce"
+
+
+def _handover_lines(report: HandoverReport | None) -> list[str]:
+    """None: nothing to report (a device without the handover feature)."""
+    if report is None:
+        return []
+    lines = [f"{HANDOVER_KEY}={'on' if report.enabled else 'off'}"]
+    if report.last_underlay_change is not None:
+        lines.append(f"{LAST_UNDERLAY_CHANGE_KEY}={report.last_underlay_change:.3f}")
+    for e in report.events:
+        peer = bytes(e.peer).hex() if e.peer is not None else "-"
+        detail = " ".join(e.detail.split())  # one line
+        lines.append(f"{HANDOVER_EVENT_KEY}={e.time:.3f} {e.kind} {peer} {detail}".rstrip())
+    return lines
 
 
 def format_get(device: Device) -> bytes:
@@ -421,6 +444,9 @@ def format_get(device: Device) -> bytes:
         lines.append(f"listen_port={device.listen_port}")
     if device.fwmark:
         lines.append(f"fwmark={device.fwmark}")
+    report = device.handover_report()
+    lines.extend(_handover_lines(report))
+    reannounced = report.last_reannounce if report is not None else {}
     for peer, stats, prefixes in device.uapi_stats():
         psk = peer.preshared_key
         psk_hex = psk.to_bytes().hex() if psk is not None else _ZERO_KEY_HEX
@@ -438,6 +464,8 @@ def format_get(device: Device) -> bytes:
         # wgpy's own counter (wg ignores keys it does not know): data packets
         # from this peer whose inner source address routes to another peer.
         lines.append(f"{INVALID_SOURCE_KEY}={stats.invalid_source_packets}")
+        if peer.public_key in reannounced:
+            lines.append(f"{LAST_REANNOUNCE_KEY}={reannounced[peer.public_key]:.3f}")
         prefixes.sort(key=_prefix_order)
         lines.extend([f"allowed_ip={address}/{cidr}" for address, cidr in prefixes])
     lines.append("errno=0")

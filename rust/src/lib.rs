@@ -885,6 +885,17 @@ mod python {
             Ok(self.0.is_held(peer)?)
         }
 
+        /// Sends from `local` (address, interface index) until the peer
+        /// answers at it; False if the peer has no endpoint.
+        fn pin_source(&self, peer: u64, local: (String, u32)) -> PyResult<bool> {
+            let src = (ip_of(&local.0)?, local.1);
+            Ok(self.0.pin_source(peer, src)?)
+        }
+
+        fn source_pinned(&self, peer: u64) -> PyResult<bool> {
+            Ok(self.0.source_pinned(peer)?)
+        }
+
         /// Byte counters and activity times (CLOCK_MONOTONIC seconds, 0.0 = never):
         /// (tx_bytes, rx_bytes, last_tx_auth, last_rx_auth, first_tx_data_since_rx,
         ///  first_rx_data_since_tx, last_rx_data, last_tx_data, invalid_source)

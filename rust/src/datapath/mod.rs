@@ -12,7 +12,8 @@
 //!   EADDRNOTAVAIL) forgets that source and is retried at once from the
 //!   routing table's choice.
 //! - When no path exists at all, a peer's packets can be held (staged) until
-//!   the control plane sees a path return (hold.rs).
+//!   the control plane sees a path return (hold.rs); after a path change the
+//!   control plane can pin the new source address (pin.rs).
 //! - The control plane owns every decision: peers, keypairs, endpoints and
 //!   allowed IPs are installed through this API, and it learns what happened
 //!   through the event queue and the per-peer activity counters.
@@ -21,6 +22,7 @@ mod events;
 mod hold;
 mod offload;
 mod peer;
+mod pin;
 mod rx;
 mod sys;
 mod tx;
@@ -336,6 +338,7 @@ impl Datapath {
     ) -> io::Result<()> {
         let peer = self.peer(id)?;
         *peer.endpoint.write().map_err(|_| lock_err())? = addr.map(|addr| Endpoint { addr, src });
+        pin::unpin(&peer);
         Ok(())
     }
 
@@ -475,6 +478,18 @@ impl Datapath {
         let peer = self.peer(id)?;
         let was_held = hold::release(&peer);
         Ok((was_held, tx::flush_staged(&self.shared, &peer)))
+    }
+
+    /// Sends from `src` until the peer answers at it, whatever address its
+    /// packets still arrive at (pin.rs); false if the peer has no endpoint.
+    pub fn pin_source(&self, id: PeerId, src: (IpAddr, u32)) -> io::Result<bool> {
+        let peer = self.peer(id)?;
+        Ok(pin::pin(&peer, src))
+    }
+
+    pub fn source_pinned(&self, id: PeerId) -> io::Result<bool> {
+        let peer = self.peer(id)?;
+        Ok(pin::is_pinned(&peer))
     }
 
     pub fn is_held(&self, id: PeerId) -> io::Result<bool> {

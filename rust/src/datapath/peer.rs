@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::session::Keypair;
 
 use super::events::{Event, EventQueue, HandshakeReason};
+use super::pin;
 use super::PeerId;
 
 pub const MAX_STAGED: usize = 128;
@@ -193,6 +194,9 @@ pub struct Peer {
     handshake_wanted: AtomicBool,
     /// No path to the endpoint: packets are staged, not sent (see hold.rs).
     pub held: AtomicBool,
+    /// The sticky source was set by the control plane after a path change
+    /// and is kept until the peer answers at it (see pin.rs).
+    pub source_pinned: AtomicBool,
 }
 
 impl Peer {
@@ -205,6 +209,7 @@ impl Peer {
             activity: Activity::default(),
             handshake_wanted: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            source_pinned: AtomicBool::new(false),
         }
     }
 
@@ -259,11 +264,12 @@ impl Peer {
     /// Updates the endpoint from an authenticated packet (roaming); returns
     /// the new address if it changed.
     pub fn roam(&self, src: SocketAddr, local: Option<(IpAddr, u32)>) -> Option<SocketAddr> {
+        let current = self.endpoint();
         let new = Endpoint {
             addr: src,
-            src: local,
+            src: pin::sticky_source(self, current, local),
         };
-        if self.endpoint() == Some(new) {
+        if current == Some(new) {
             return None;
         }
         let mut e = self.endpoint.write().ok()?;

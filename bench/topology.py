@@ -1,0 +1,90 @@
+"""The configurations compared, and building each one in fresh namespaces.
+
+Every configuration is two namespaces joined by a veth pair (the test
+helpers' NetnsLab and make_pair). Side a is the client: it sends the bulk
+traffic and, in a tunnel, knows b's endpoint and so initiates the handshake.
+Side b runs the servers (iperf3, the first-packet receiver).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+from netns import Namespace, NetnsLab
+from wgnet import INNER_V4, OUTER_V4, WGPY, WIREGUARD_GO, Pair, make_pair
+
+# Daemons log nothing below errors while measured: logging costs CPU, and
+# the two implementations' debug output differs.
+DAEMON_LOG_LEVEL = "error"
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str
+    label: str
+    sender: str | None  # implementation on side a; None: raw veth, no tunnel
+    receiver: str | None
+
+    @property
+    def tunnel(self) -> bool:
+        return self.sender is not None
+
+    def programs(self) -> list[str]:
+        """Programs this configuration needs besides iperf3, ping and ip."""
+        needed = []
+        if WIREGUARD_GO in (self.sender, self.receiver):
+            needed.append("wireguard-go")
+        if self.tunnel:
+            needed.append("wg")
+        return needed
+
+
+VETH = Config("veth", "raw veth", None, None)
+WGPY_WGPY = Config("wgpy-wgpy", "wgpy↔wgpy", WGPY, WGPY)
+WGGO_WGGO = Config("wggo-wggo", "wg-go↔wg-go", WIREGUARD_GO, WIREGUARD_GO)
+WGPY_WGGO = Config("wgpy-wggo", "wgpy→wg-go", WGPY, WIREGUARD_GO)
+CONFIGS = (VETH, WGPY_WGPY, WGGO_WGGO, WGPY_WGGO)
+BY_KEY = {c.key: c for c in CONFIGS}
+BASELINE = WGGO_WGGO.key  # ratios are against this configuration
+SUBJECT = WGPY_WGPY.key  # the targets are about this one
+
+
+def missing_programs(config: Config) -> list[str]:
+    return [p for p in config.programs() if shutil.which(p) is None]
+
+
+@dataclass
+class Setup:
+    """One configuration, built and ready to carry traffic."""
+
+    config: Config
+    lab: NetnsLab
+    client: Namespace
+    server: Namespace
+    address: str  # the address on side b that side a sends to
+    daemons: dict[str, int]  # role ("sender", "receiver") -> pid of the WireGuard process
+    pair: Pair | None
+
+
+def build(lab: NetnsLab, config: Config) -> Setup:
+    """Create `config` in new namespaces of `lab` (which removes them at cleanup)."""
+    if config.sender is None or config.receiver is None:
+        a, b = lab.namespace(), lab.namespace()
+        lab.veth(a, b, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
+        return Setup(config, lab, a, b, OUTER_V4[1], {}, None)
+    pair = make_pair(lab, config.sender, config.receiver, log_level=DAEMON_LOG_LEVEL)
+    daemons = {"sender": pair.a.process.pid, "receiver": pair.b.process.pid}
+    return Setup(config, lab, pair.a.ns, pair.b.ns, INNER_V4[1], daemons, pair)
+
+
+def reset_tunnel(setup: Setup) -> None:
+    """Forget the tunnel's sessions on both sides (remove and re-add each peer),
+    so the next packet again needs a handshake, as on a fresh tunnel."""
+    pair = setup.pair
+    if pair is None:
+        return
+    for node, other in ((pair.a, pair.b), (pair.b, pair.a)):
+        node.wg("set", node.iface, "peer", other.public_key.to_base64(), "remove")
+    pair.a.set_peer(pair.b, [f"{INNER_V4[1]}/32"], endpoint=(pair.outer[1], pair.b.port))
+    pair.b.set_peer(pair.a, [f"{INNER_V4[0]}/32"])
