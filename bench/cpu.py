@@ -216,19 +216,30 @@ def other_use(
     process absent from `before` started during the interval, so all its CPU
     counts. A process that both started and exited unseen is caught through
     its parent's reaped-children times. Those grow by a child's whole
-    lifetime CPU when it is reaped; for children seen in `before`, what they
+    lifetime CPU when it is reaped; for processes seen in `before`, what they
     had used by then is subtracted, so a long job ending during the interval
-    counts only for its last part. What remains errs towards "busy" (a child
-    reparented before it exits), and is capped at `cpus` cores for the
-    interval (judged as at least MIN_JUDGED_SECONDS long).
+    counts only for its last part. What remains errs towards "busy" (a
+    process reparented before it exits), and is capped at `cpus` cores for
+    the interval (judged as at least MIN_JUDGED_SECONDS long).
     """
-    # CPU that children gone since `before` had already used then, by parent.
+
+    # CPU that processes gone since `before` had already used by then, by the
+    # nearest ancestor still alive: their times reach its cutime/cstime
+    # through the chain of reaping parents (a shell's job subshell, say).
+    def survived(pid: int) -> bool:
+        now = after.get(pid)
+        return now is not None and now.starttime == before[pid].starttime
+
     used_before_exit: dict[int, int] = {}
     for pid, then in before.items():
-        now = after.get(pid)
-        if now is None or now.starttime != then.starttime:
-            used_before_exit[then.ppid] = (
-                used_before_exit.get(then.ppid, 0) + then.own_ticks + then.reaped_ticks
+        if survived(pid):
+            continue
+        ancestor = then.ppid
+        while ancestor in before and not survived(ancestor):
+            ancestor = before[ancestor].ppid
+        if ancestor in before:
+            used_before_exit[ancestor] = (
+                used_before_exit.get(ancestor, 0) + then.own_ticks + then.reaped_ticks
             )
     per_process: list[tuple[int, str, float]] = []
     kernel = 0

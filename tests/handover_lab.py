@@ -340,10 +340,11 @@ def run_handovers(
             h.client_ns, h.server_ns, SERVER_TUNNEL, UPLINK_PORT, UPLINK_RATE, 3600
         )
     rate = TCP_BLOCK / TCP_PACE
+    switching = {MAKE_BEFORE_BREAK: STEP_GAP, BREAK_BEFORE_MAKE: DOWN_TIME}.get(h.scenario, 0.0)
     windows: list[tuple[Switch, float, bool | None, float | None, float | None, str]] = []
     time.sleep(0.3)  # the streams get going
     for run in range(runs):
-        total = int(rate * (before + after + STEP_GAP + DOWN_TIME))
+        total = int(rate * (before + switching + after))  # lasts the window if nothing stalls
         job = None
         if tcp:
             job = start_tcp_transfer(

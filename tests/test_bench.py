@@ -103,8 +103,9 @@ def test_other_use_counts_only_processes_outside_the_benchmark(tmp_path):
     proc.process(102, "iperf3", 101, utime=10)  # a grandchild
     proc.process(200, "make", 1, utime=10, cutime=5)  # someone else
     proc.process(201, "reused", 1, utime=500, start=10)  # will exit; pid reused below
-    proc.process(400, "bash", 1)  # someone's shell...
-    proc.process(401, "pytest", 400, utime=900, cutime=100)  # ...running a long job
+    proc.process(400, "bash", 1)  # someone's shell, running a long job in a subshell
+    proc.process(402, "bash", 400, utime=1)
+    proc.process(401, "pytest", 402, utime=900, cutime=100)
     before = cpu.snapshot(proc.root)
 
     proc.process(2, "kthreadd", 0, flags=cpu.PF_KTHREAD, stime=30)
@@ -115,8 +116,9 @@ def test_other_use_counts_only_processes_outside_the_benchmark(tmp_path):
     proc.process(200, "make", 1, utime=20, cutime=25)  # +10 own, +20 reaped
     proc.process(201, "cc", 1, utime=3, start=5000)  # same pid, a new process
     proc.process(300, "cargo", 1, utime=40)  # new: all of it counts
-    proc.exit(401)  # the job ends, having used 6 more ticks; bash reaps it
-    proc.process(400, "bash", 1, cutime=900 + 100 + 6)
+    proc.exit(401)  # the job ends, having used 6 more ticks, and so does the subshell:
+    proc.exit(402)  # the shell's reaped times grow by the whole job's
+    proc.process(400, "bash", 1, cutime=1 + 900 + 100 + 6)
     after = cpu.snapshot(proc.root)
 
     ours = cpu.descendants((before, after), 100)

@@ -36,7 +36,7 @@ from netns import NetnsLab, entered_netns, require_programs, require_tun
 from wgnet import WGPY, WIREGUARD_GO
 
 RUNS = 5
-BEFORE, AFTER = 0.5, 1.0  # seconds measured before and (at least) after each switch
+BEFORE, AFTER = 0.4, 0.8  # seconds measured before and (at least) after each switch
 RESUME_MEDIAN, RESUME_MAX = 0.2, 1.0  # downlink-only UDP, after the new path is usable
 STALL_MEDIAN = 1.0  # TCP, once the new path is usable
 ENDPOINT_MAX = 0.5  # the server's `wg show` has the new endpoint this soon
@@ -148,15 +148,30 @@ def test_without_handover_the_downlink_stays_broken(netns_lab: NetnsLab) -> None
     assert state["handover"] == "off" and state["handover_events"] == []
 
 
-def test_embedding_api_events_and_held_packets(netns_lab: NetnsLab) -> None:
-    """A Device in this process: route changes give DeviceEvents; with no
-    route the peer's packets are held, and they go when a route returns."""
+# (first uplink: client address, gateway; second uplink: ...; the peer's endpoint)
+FAMILIES = {
+    "ipv4": ("10.41.1.2/24", "10.41.1.1", "10.41.2.2/24", "10.41.2.1", "10.99.0.1"),
+    "ipv6": ("fd41:1::2/64", "fd41:1::1", "fd41:2::2/64", "fd41:2::1", "fd99::1"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_embedding_api_events_and_held_packets(netns_lab: NetnsLab, family: str) -> None:
+    """A Device in this process: route changes give DeviceEvents and pin the
+    new source address; with no route the peer's packets are held, and they
+    go when a route returns. Its interface is moved to another namespace
+    first: what is watched is the namespace of the UDP sockets."""
+    addr1, gw1, addr2, gw2, endpoint = FAMILIES[family]
     lab = netns_lab
     ns, router = lab.namespace(), lab.namespace()
-    lab.veth(ns, router, ["10.41.1.2/24"], ["10.41.1.1/24"])
-    lab.veth(ns, router, ["10.41.2.2/24"], ["10.41.2.1/24"])
-    ns.ip("route", "add", "default", "via", "10.41.1.1")
+    gateway_end = "/64" if family == "ipv6" else "/24"
+    lab.veth(ns, router, [addr1], [gw1 + gateway_end])
+    lab.veth(ns, router, [addr2], [gw2 + gateway_end])
+    v = ["-6"] if family == "ipv6" else ["-4"]
+    ns.ip(*v, "route", "add", "default", "via", gw1)
     name = lab.interface_name(ns, prefix="wgh")
+    container = lab.namespace()
+    lab.links.append((container.name, name))
     remote = wgpy.PrivateKey.generate().public_key()
     seen: list[wgpy.DeviceEvent] = []
 
@@ -168,17 +183,23 @@ def test_embedding_api_events_and_held_packets(netns_lab: NetnsLab) -> None:
                     return
 
     async def ip(*args: str) -> None:
-        await trio.to_thread.run_sync(lambda: ns.ip(*args))
+        await trio.to_thread.run_sync(lambda: ns.ip(*v, *args))
 
     async def main() -> None:
         async with wgpy.Device(name, private_key=wgpy.PrivateKey.generate()) as dev:
             events = dev.subscribe()
-            peer = dev.add_peer(remote, endpoint=("10.99.0.1", 51820), allowed_ips=["10.98.0.0/24"])
+            await trio.to_thread.run_sync(
+                lambda: ns.ip("link", "set", name, "netns", container.name)
+            )
+            peer = dev.add_peer(remote, endpoint=(endpoint, 51820), allowed_ips=["10.98.0.0/24"])
             await trio.sleep(0.2)  # the watcher learns the first path
-            await ip("route", "replace", "default", "via", "10.41.2.1")
+            await ip("route", "replace", "default", "via", gw2)
             await expect(events, "underlay_changed")
             await expect(events, "reannounced")  # no keypair yet: a handshake
             assert "handshake" in seen[-1].detail and seen[-1].peer == remote
+            # The new path's address is the source now, whatever arrives where.
+            assert dev.datapath.endpoint_source(peer.id) == addr2.split("/")[0]
+            assert dev.datapath.source_pinned(peer.id)
 
             await ip("route", "del", "default")
             await expect(events, "path_lost")
@@ -186,9 +207,10 @@ def test_embedding_api_events_and_held_packets(netns_lab: NetnsLab) -> None:
             dev.datapath.send_keepalive(peer.id)  # a packet with no path: held, not dropped
             assert dev.datapath.staged_count(peer.id) >= 1
 
-            await ip("route", "add", "default", "via", "10.41.1.1")
+            await ip("route", "add", "default", "via", gw1)
             await expect(events, "reannounced")
             assert not dev.datapath.is_held(peer.id)
+            assert dev.datapath.endpoint_source(peer.id) == addr1.split("/")[0]
             report = dev.handover_report()
             assert report.enabled and report.last_underlay_change is not None
             assert [e.kind for e in report.events][-1] == "reannounced"

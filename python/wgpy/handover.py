@@ -16,6 +16,11 @@ The rules (issue 7):
   held packets are flushed, then an authenticated keepalive goes out (a new
   handshake as well if the keypair is older than 165 s, or instead if no
   keypair can send), so the peer's endpoint moves at once.
+- A packet sent the old way in the moment before we noticed the change can
+  leave the new link's neighbour (ARP/NDP) entry for its gateway unresolved,
+  asked for with the old source address, which the access router ignores:
+  resolution would then wait a second for its retry. So an unresolved entry
+  is deleted before the re-announcement, whose own packet resolves it anew.
 - The pin ends when a packet of the peer arrives at the new address: the
   re-announcement worked. If CONFIRM_AFTER later packets have arrived but
   none there (the keepalive was lost), the peer is re-announced again, at
@@ -45,9 +50,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.rtnl import (
+    RTM_DELNEIGH,
     RTM_GETADDR,
+    RTM_GETNEIGH,
     RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
@@ -57,6 +64,7 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from wgpy.constants import REKEY_ON_RECEIVE_AGE
@@ -79,6 +87,7 @@ CONFIRM_TRIES = 5
 RECENT_EVENTS = 16
 NETLINK_BUFFER = 1 << 20
 _NLMSG_HEADER = struct.Struct("=IHHII")
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 _NEWS = {
     16: "link",
     17: "link gone",
@@ -176,7 +185,7 @@ class Netlink:
         try:
             replies = await self._request(msg, RTM_GETROUTE, NLM_F_REQUEST)
         except OSError as e:
-            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EINVAL):
+            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
                 return None
             raise
         if not replies:
@@ -186,6 +195,34 @@ class Netlink:
         if oif is None:
             return None
         return Path(int(oif), r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PREFSRC"))
+
+    def _neighbour(self, address: str, oif: int) -> Any:
+        msg = ndmsg()
+        msg["family"] = socket.AF_INET6 if ":" in address else socket.AF_INET
+        msg["ifindex"] = oif
+        msg["attrs"] = [("NDA_DST", address)]
+        return msg
+
+    async def neighbour_state(self, address: str, oif: int) -> int | None:
+        """The NUD state of `address`'s neighbour entry on `oif`; None if there is none."""
+        try:
+            replies = await self._request(
+                self._neighbour(address, oif), RTM_GETNEIGH, NLM_F_REQUEST
+            )
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINVAL):
+                return None
+            raise
+        return int(replies[0]["state"]) if replies else None
+
+    async def delete_neighbour(self, address: str, oif: int) -> None:
+        try:
+            await self._request(
+                self._neighbour(address, oif), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK
+            )
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
 
     async def local_addresses(self) -> set[str]:
         """Every address configured in this namespace."""
@@ -380,8 +417,9 @@ class Handover:
             await self._evaluate(targets, news=news)
 
     async def _evaluate(self, peers: Iterable[Peer], *, news: list[str] | None) -> None:
-        """Finds each peer's path; acts on those that changed. `news` is None
-        for the first look (a baseline: nothing is re-announced)."""
+        """Finds each peer's path and acts on what changed. Without netlink
+        `news` (the first look, a new endpoint, a due re-check) the paths are
+        only learned: then just held peers and due confirmations act."""
         netlink = self._netlink
         assert netlink is not None
         dp = self._device.datapath
@@ -401,7 +439,11 @@ class Handover:
                 continue
             address = str(endpoint[0])
             if address not in routes:
-                routes[address] = await netlink.route(address, mark)
+                try:
+                    routes[address] = await netlink.route(address, mark)
+                except OSError as e:  # not a question of the path: leave the peer be
+                    log.debug("%s: no route answer for %s: %s", self._device.name, address, e)
+                    continue
             path = routes[address]
             if local is None:
                 local = await netlink.local_addresses()
@@ -465,13 +507,30 @@ class Handover:
             log.info("%s: underlay changed: %s", self._device.name, detail)
             self._record("underlay_changed", None, detail)
         for peer, why, again in actions:
-            if peer.id in self._paths and self._paths[peer.id].path is None:
+            state = self._paths.get(peer.id)
+            if state is None or peer.cancel_scope.cancel_called:
+                continue
+            if state.path is None:
                 log.info("%s: %s: %s", self._device.name, peer, why)
                 self._record("path_lost", peer, why)
             else:
-                self._reannounce(peer, why, again=again)
+                await self._reannounce(peer, why, again=again)
 
-    def _reannounce(self, peer: Peer, why: str, *, again: bool = False) -> None:
+    async def _unblock_neighbour(self, endpoint: str, path: Path) -> None:
+        """Deletes the path's neighbour entry if it is unresolved (see above)."""
+        netlink = self._netlink
+        if netlink is None:
+            return
+        neighbour = path.gateway or endpoint
+        try:  # best effort: without it, resolution just takes its second
+            state = await netlink.neighbour_state(neighbour, path.oif)
+            if state is not None and state & (NUD_INCOMPLETE | NUD_FAILED):
+                log.debug("%s: neighbour %s unresolved, asking anew", self._device.name, neighbour)
+                await netlink.delete_neighbour(neighbour, path.oif)
+        except OSError as e:
+            log.debug("%s: neighbour %s: %s", self._device.name, neighbour, e)
+
+    async def _reannounce(self, peer: Peer, why: str, *, again: bool = False) -> None:
         """Forget the stale source, flush what is held, then a keepalive (or a
         handshake) from the new path; check CONFIRM_AFTER later that it worked.
         `again`: the last one for this change did not."""
@@ -488,6 +547,10 @@ class Handover:
             or not dp.pin_source(peer.id, (path.source, path.oif))
         ):
             dp.clear_endpoint_source(peer.id)
+        if path is not None:  # after the pin: nothing leaves the old way any more
+            await self._unblock_neighbour(state.endpoint, path)
+            if peer.cancel_scope.cancel_called:
+                return
         was_held, flushed = dp.release(peer.id)
         state.released_at = now
         held_since, state.held_since = state.held_since, None
