@@ -176,12 +176,20 @@ class Datagrams:
     sent_pps: float
     delivered_pps: float
     loss_percent: float  # of the packets the client sent, those that never arrived
+    # Where packets went, from the interface counters (see link_counters):
+    # packets that reached side b's kernel (for a tunnel: the receiving
+    # daemon's TUN writes), and packets side a's TUN (or veth) queue dropped
+    # because they were not read fast enough.
+    link_delivered_pps: float | None = None
+    sender_queue_drops: int | None = None
 
 
 def udp(setup: Setup, length: int, rate_bps: int, duration: int) -> Datagrams:
     """iperf3 UDP from side a to side b with `length`-byte payloads."""
     extra = ["-u", "-b", str(rate_bps), "-l", str(length)]
+    links_before = link_counters(setup)
     done = run_tracked(setup.client, iperf_argv(setup, duration, extra), duration + 30)
+    links_after = link_counters(setup)
     check_daemons(setup)
     end = parse_iperf(done.output)["end"]
     sent, received = end["sum_sent"], end["sum_received"]
@@ -196,7 +204,22 @@ def udp(setup: Setup, length: int, rate_bps: int, duration: int) -> Datagrams:
         sent_pps=sent_packets / float(sent["seconds"]),
         delivered_pps=delivered / float(received["seconds"]),
         loss_percent=max(0.0, loss),
+        link_delivered_pps=(links_after[1] - links_before[1]) / float(received["seconds"]),
+        sender_queue_drops=links_after[0] - links_before[0],
     )
+
+
+def link_counters(setup: Setup) -> tuple[int, int]:
+    """(tx packets dropped on side a's link, rx packets on side b's link).
+
+    With iperf3's few control packets aside, b's rx count is what reached
+    b's kernel; iperf3's own count is what the server application then read
+    from its socket. The difference shows an application (or its socket
+    buffer) too slow for the rate the tunnel delivers, as opposed to a
+    tunnel that delivers too little."""
+    a = json.loads(setup.client.ip("-j", "-s", "link", "show", "dev", setup.sender_link).stdout)
+    b = json.loads(setup.server.ip("-j", "-s", "link", "show", "dev", setup.receiver_link).stdout)
+    return int(a[0]["stats64"]["tx"]["dropped"]), int(b[0]["stats64"]["rx"]["packets"])
 
 
 SEARCH_FRACTIONS = (1.0, 0.8, 0.6, 0.4, 0.2)

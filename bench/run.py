@@ -211,6 +211,9 @@ class Benchmark:
             "udp_unlimited",
             asdict(flood),
             udp_delivered_kpps=flood.delivered_pps / 1e3,
+            udp_link_kpps=None
+            if flood.link_delivered_pps is None
+            else flood.link_delivered_pps / 1e3,
             udp_sent_kpps=flood.sent_pps / 1e3,
             udp_loss_pct=flood.loss_percent,
         )

@@ -65,17 +65,23 @@ class Setup:
     address: str  # the address on side b that side a sends to
     daemons: dict[str, int]  # role ("sender", "receiver") -> pid of the WireGuard process
     pair: Pair | None
+    # The interface the inner traffic leaves side a by and reaches side b's
+    # kernel through: the TUN devices in a tunnel, the veth ends without one.
+    sender_link: str = ""
+    receiver_link: str = ""
 
 
 def build(lab: NetnsLab, config: Config) -> Setup:
     """Create `config` in new namespaces of `lab` (which removes them at cleanup)."""
     if config.sender is None or config.receiver is None:
         a, b = lab.namespace(), lab.namespace()
-        lab.veth(a, b, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
-        return Setup(config, lab, a, b, OUTER_V4[1], {}, None)
+        veth = lab.veth(a, b, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
+        return Setup(config, lab, a, b, OUTER_V4[1], {}, None, veth.a_ifname, veth.b_ifname)
     pair = make_pair(lab, config.sender, config.receiver, log_level=DAEMON_LOG_LEVEL)
     daemons = {"sender": pair.a.process.pid, "receiver": pair.b.process.pid}
-    return Setup(config, lab, pair.a.ns, pair.b.ns, INNER_V4[1], daemons, pair)
+    return Setup(
+        config, lab, pair.a.ns, pair.b.ns, INNER_V4[1], daemons, pair, pair.a.iface, pair.b.iface
+    )
 
 
 def reset_tunnel(setup: Setup) -> None:
