@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    signal.signal(signal.SIGTERM, _interrupt)  # cleanup runs for SIGTERM as for Ctrl-C
+    # Cleanup runs for SIGTERM as for Ctrl-C.
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
     remove_stale_namespaces()
     work_dir = Path(tempfile.mkdtemp(prefix="wgpy-bench-"))
     bench = Benchmark(options, work_dir, log)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: failed", file=sys.stderr)
     finally:
         # A second Ctrl-C must not cut the cleanup short.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             bench.cleanup()
@@ -184,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: cleanup incomplete: {exc}", file=sys.stderr)
             status = status or EXIT_FAILED
         finally:
-            signal.signal(signal.SIGINT, previous)
-        if status == 0 and not args.keep_work:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+        # Logs help only when something failed; a refusal measured nothing.
+        if status in (0, EXIT_BUSY, EXIT_MISSED) and not args.keep_work:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
             print(f"process logs kept in {work_dir}", file=sys.stderr)

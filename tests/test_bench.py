@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -517,11 +518,13 @@ def test_failed_measurement_still_cleans_up(tmp_path, monkeypatch, capsys):
         raise measure.MeasurementError("made to fail")
 
     monkeypatch.setattr(measure, "first_packet", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the logs are kept
     args = ["--configs", "veth", "--only", "first", "--no-cargo", "--out", str(tmp_path)]
     status = cli.main([*args, "--max-other-cpu", "64"])
     assert status == cli.EXIT_FAILED
     assert "made to fail" in capsys.readouterr().err
     assert not (tmp_path / "latest.json").exists()
+    assert list(tmp_path.glob("wgpy-bench-*/*/proc-*.log"))  # kept for a failure
     assert _our_namespaces(os.getpid()) == []
     assert _descendants(os.getpid()) == set()
 
@@ -531,7 +534,12 @@ def test_interrupt_cleans_up_namespaces_and_daemons(tmp_path):
     argv = [sys.executable, "-m", "bench", "--configs", "wgpy-wgpy", "--only", "tcp1"]
     argv += ["--duration", "30", "--no-cargo", "--out", str(tmp_path), "--max-other-cpu", "64"]
     bench = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its kept logs go with tmp_path
     )
     try:
         # Wait until the TCP run is under way: iperf3 client and both daemons exist.
