@@ -176,10 +176,9 @@ class Datagrams:
     sent_pps: float
     delivered_pps: float
     loss_percent: float  # of the packets the client sent, those that never arrived
-    # Where packets went, from the interface counters (see link_counters):
-    # packets that reached side b's kernel (for a tunnel: the receiving
-    # daemon's TUN writes), and packets side a's TUN (or veth) queue dropped
-    # because they were not read fast enough.
+    # Where packets went (see link_counters): datagrams that reached side b's
+    # UDP layer, and packets side a's TUN (or veth) queue dropped because they
+    # were not read fast enough.
     link_delivered_pps: float | None = None
     sender_queue_drops: int | None = None
 
@@ -210,16 +209,21 @@ def udp(setup: Setup, length: int, rate_bps: int, duration: int) -> Datagrams:
 
 
 def link_counters(setup: Setup) -> tuple[int, int]:
-    """(tx packets dropped on side a's link, rx packets on side b's link).
+    """(tx packets dropped on side a's link, UDP datagrams that reached b's UDP layer).
 
-    With iperf3's few control packets aside, b's rx count is what reached
-    b's kernel; iperf3's own count is what the server application then read
+    The second is b's UDP InDatagrams plus InErrors (mostly socket-buffer
+    overflows), from /proc/net/snmp in b's namespace: it counts datagrams
+    whether the receiving daemon wrote them one by one or as one UDP GSO
+    packet, and iperf3's few control datagrams aside, it is what the tunnel
+    delivered; iperf3's own count is what the server application then read
     from its socket. The difference shows an application (or its socket
-    buffer) too slow for the rate the tunnel delivers, as opposed to a
-    tunnel that delivers too little."""
+    buffer) too slow for the rate the tunnel delivers, as opposed to a tunnel
+    that delivers too little."""
     a = json.loads(setup.client.ip("-j", "-s", "link", "show", "dev", setup.sender_link).stdout)
-    b = json.loads(setup.server.ip("-j", "-s", "link", "show", "dev", setup.receiver_link).stdout)
-    return int(a[0]["stats64"]["tx"]["dropped"]), int(b[0]["stats64"]["rx"]["packets"])
+    snmp = setup.server.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    heads, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    udp = dict(zip(heads[1:], (int(v) for v in values[1:]), strict=True))
+    return int(a[0]["stats64"]["tx"]["dropped"]), udp["InDatagrams"] + udp["InErrors"]
 
 
 SEARCH_FRACTIONS = (1.0, 0.8, 0.6, 0.4, 0.2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +130,19 @@ def start_node(
     addresses: list[str],
     private_key: wgpy.PrivateKey | None = None,
     log_level: str = "debug",
+    env: Mapping[str, str] | None = None,
 ) -> Node:
     """Starts a WireGuard interface of `impl` in `ns`, keyed, listening and up.
 
     `log_level` is passed as LOG_LEVEL (both implementations read it); tests
-    want debug output in failure reports, benchmarks want no logging cost."""
+    want debug output in failure reports, benchmarks want no logging cost.
+    `env` adds environment variables for the daemon."""
     iface = lab.interface_name(ns, prefix="wgp" if impl == WGPY else "wgg")
     if impl == WGPY:
         argv = [sys.executable, "-m", "wgpy", "-f", iface]
     else:
         argv = ["wireguard-go", "-f", iface]
-    process = ns.spawn(argv, env={"LOG_LEVEL": log_level})
+    process = ns.spawn(argv, env={"LOG_LEVEL": log_level, **(env or {})})
     sock = Path("/var/run/wireguard") / f"{iface}.sock"
 
     def ready() -> bool:
@@ -184,6 +187,7 @@ def make_pair(
     outer_v6: bool = False,
     preshared_key: wgpy.PresharedKey | None = None,
     log_level: str = "debug",
+    env: Mapping[str, str] | None = None,
 ) -> Pair:
     ns_a, ns_b = lab.namespace(), lab.namespace()
     lab.veth(
@@ -199,6 +203,7 @@ def make_pair(
         port=51820,
         addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"],
         log_level=log_level,
+        env=env,
     )
     b = start_node(
         lab,
@@ -207,6 +212,7 @@ def make_pair(
         port=51821,
         addresses=[f"{INNER_V4[1]}/24", f"{INNER_V6[1]}/64"],
         log_level=log_level,
+        env=env,
     )
     outer = OUTER_V6 if outer_v6 else OUTER_V4
     a.set_peer(

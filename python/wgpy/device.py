@@ -133,11 +133,19 @@ class Device:
         self._tun = Tun.create(self.name, self._mtu)
         self.name = self._tun.name
         try:
-            self._datapath = Datapath(self._tun.fd, self._mtu, self._tun.vnet_hdr)
+            self._datapath = Datapath(
+                self._tun.fd, self._mtu, self._tun.vnet_hdr, self._tun.udp_offload
+            )
             self._bind(self._listen_port)
             self._set_identity(self._private_key)
             self._tun.set_up()
             self._datapath.start()
+            log.info(
+                "%s: data plane started (TUN offloads: %s, crypto helper threads: %d)",
+                self.name,
+                ("TCP+UDP" if self._tun.udp_offload else "TCP") if self._tun.vnet_hdr else "off",
+                self._datapath.crypto_helpers,
+            )
             self._nursery_cm = trio.open_nursery()
             self._nursery = await self._nursery_cm.__aenter__()
             self._nursery.start_soon(self._event_loop)

@@ -30,7 +30,10 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
-# WGPY_TUN_OFFLOAD=0 turns TCP segmentation offload off (for comparisons).
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+TCP_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+# WGPY_TUN_OFFLOAD=0 turns the TUN offloads off (for comparisons).
 OFFLOAD_ENV = "WGPY_TUN_OFFLOAD"
 IFNAMSIZ = 16
 DEFAULT_MTU = 1420
@@ -61,6 +64,22 @@ def valid_interface_name(name: str) -> bool:
     )
 
 
+def _set_offloads(fd: int, name: str) -> bool:
+    """Asks for TCP and UDP segmentation offload; returns whether UDP's was
+    accepted. Still correct with neither: the kernel then hands over
+    MTU-sized packets and takes them one by one."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TCP_OFFLOADS | TUN_F_USO4 | TUN_F_USO6)
+        return True
+    except OSError as e:
+        log.info("%s: UDP segmentation offload refused (%s); TCP only", name, e)
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TCP_OFFLOADS)
+    except OSError as e:
+        log.info("%s: TUN offloads refused (%s); reading packets one by one", name, e)
+    return False
+
+
 @dataclass
 class Tun:
     """An open TUN interface; `fd` is what the data plane reads and writes."""
@@ -70,6 +89,8 @@ class Tun:
     index: int
     # Reads and writes carry a virtio-net header; reads may be TSO packets.
     vnet_hdr: bool = False
+    # The kernel also takes and gives UDP GSO packets (Linux >= 6.2).
+    udp_offload: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -95,12 +116,7 @@ class Tun:
                 raise TunError(e.errno, f"interface {name} already exists") from None
             raise TunError(e.errno, f"cannot create TUN device {name}: {e.strerror}") from None
         actual = res[:IFNAMSIZ].rstrip(b"\0").decode()
-        if offload:
-            try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-            except OSError as e:
-                # Still correct without it: the kernel then sends MTU-sized packets.
-                log.info("%s: TUN offloads refused (%s); reading packets one by one", actual, e)
+        udp_offload = offload and _set_offloads(fd, actual)
         try:
             with IPRoute() as ipr:
                 index = ipr.link_lookup(ifname=actual)[0]
@@ -108,7 +124,7 @@ class Tun:
         except Exception:
             os.close(fd)
             raise
-        return cls(name=actual, fd=fd, index=index, vnet_hdr=offload)
+        return cls(name=actual, fd=fd, index=index, vnet_hdr=offload, udp_offload=udp_offload)
 
     def set_up(self) -> None:
         with IPRoute() as ipr:

@@ -696,10 +696,13 @@ mod python {
     #[pymethods]
     impl PyDatapath {
         #[new]
-        #[pyo3(signature = (tun_fd, mtu=1420, vnet_hdr=false))]
-        fn new(tun_fd: i32, mtu: usize, vnet_hdr: bool) -> PyResult<Self> {
+        #[pyo3(signature = (tun_fd, mtu=1420, vnet_hdr=false, udp_offload=false))]
+        fn new(tun_fd: i32, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> PyResult<Self> {
             Ok(Self(Arc::new(datapath::Datapath::new(
-                tun_fd, mtu, vnet_hdr,
+                tun_fd,
+                mtu,
+                vnet_hdr,
+                udp_offload,
             )?)))
         }
 
@@ -729,6 +732,12 @@ mod python {
 
         fn set_mtu(&self, mtu: usize) {
             self.0.set_mtu(mtu);
+        }
+
+        /// Helper threads sealing and opening large batches (WGPY_CRYPTO_THREADS).
+        #[getter]
+        fn crypto_helpers(&self) -> usize {
+            self.0.crypto_helpers()
         }
 
         #[pyo3(signature = (max=1024))]

@@ -178,17 +178,27 @@ impl Keypair {
 
     /// Takes the next send counter, or fails if the key may no longer send.
     pub fn next_counter(&self, now: Duration) -> Result<u64> {
+        self.next_counters(1, now).map(|r| r.start)
+    }
+
+    /// Takes up to `n` consecutive send counters for a batch (fewer when the
+    /// keypair reaches its message limit), or fails if it can send none.
+    pub fn next_counters(&self, n: usize, now: Duration) -> Result<core::ops::Range<u64>> {
         if !self.send_valid.load(Ordering::Relaxed) || self.is_expired(now) {
             return Err(Error::KeyExpired);
         }
-        let c = self.send_counter.fetch_add(1, Ordering::Relaxed);
-        if c >= REJECT_AFTER_MESSAGES {
+        let start = self.send_counter.fetch_add(n as u64, Ordering::Relaxed);
+        let end = start.saturating_add(n as u64);
+        if end > REJECT_AFTER_MESSAGES {
             // Keep the counter pinned at the limit so it can never wrap.
             self.send_counter
                 .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
-            return Err(Error::CounterExhausted);
+            if start >= REJECT_AFTER_MESSAGES {
+                return Err(Error::CounterExhausted);
+            }
+            return Ok(start..REJECT_AFTER_MESSAGES);
         }
-        Ok(c)
+        Ok(start..end)
     }
 
     /// Encrypts in place. `buf` is laid out as 16 header bytes, `len` bytes of
@@ -200,17 +210,36 @@ impl Keypair {
         mtu: usize,
         now: Duration,
     ) -> Result<usize> {
-        let total = match checked_encrypted_len(len, mtu) {
-            Some(total) if total <= buf.len() => total,
-            _ => {
-                return Err(Error::BufferTooSmall {
-                    needed: encrypted_len(len, mtu),
-                    have: buf.len(),
-                })
-            }
-        };
-        let padded = total - TRANSPORT_HEADER_LEN - TAG_LEN;
+        let total = Self::sealed_len(buf, len, mtu)?;
         let counter = self.next_counter(now)?;
+        self.seal(buf, len, total, counter)
+    }
+
+    /// Encrypts in place with a counter taken earlier (`next_counters`), so a
+    /// batch can be sealed on several threads and still go out in order.
+    pub fn seal_with_counter(
+        &self,
+        buf: &mut [u8],
+        len: usize,
+        mtu: usize,
+        counter: u64,
+    ) -> Result<usize> {
+        let total = Self::sealed_len(buf, len, mtu)?;
+        self.seal(buf, len, total, counter)
+    }
+
+    fn sealed_len(buf: &[u8], len: usize, mtu: usize) -> Result<usize> {
+        match checked_encrypted_len(len, mtu) {
+            Some(total) if total <= buf.len() => Ok(total),
+            _ => Err(Error::BufferTooSmall {
+                needed: encrypted_len(len, mtu),
+                have: buf.len(),
+            }),
+        }
+    }
+
+    fn seal(&self, buf: &mut [u8], len: usize, total: usize, counter: u64) -> Result<usize> {
+        let padded = total - TRANSPORT_HEADER_LEN - TAG_LEN;
         buf[TRANSPORT_HEADER_LEN + len..TRANSPORT_HEADER_LEN + padded].fill(0);
         let mut header = [0u8; TRANSPORT_HEADER_LEN];
         TransportHeader {
@@ -446,6 +475,43 @@ mod tests {
         );
         assert_eq!(i.sending_counter(), REJECT_AFTER_MESSAGES);
         assert!(r.decrypt(&last, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn batch_counters_and_sealing_with_them() {
+        let now = Duration::ZERO;
+        let (i, r) = pair(now);
+        assert_eq!(i.next_counters(5, now), Ok(0..5));
+        assert_eq!(i.next_counter(now), Ok(5));
+        // Sealed out of order with their counters, they open in order and
+        // carry exactly those counters.
+        let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 128]).collect();
+        let counters = i.next_counters(3, now).expect("counters");
+        for k in [2usize, 0, 1] {
+            bufs[k][TRANSPORT_HEADER_LEN] = k as u8;
+            let n = i
+                .seal_with_counter(&mut bufs[k], 1, 0, counters.start + k as u64)
+                .expect("seal");
+            bufs[k].truncate(n);
+        }
+        for (k, b) in bufs.iter().enumerate() {
+            assert_eq!(
+                TransportHeader::parse(b).expect("hdr").counter,
+                6 + k as u64
+            );
+            assert_eq!(r.decrypt(b, now).expect("open")[0], k as u8);
+        }
+        // Near the limit a batch gets what is left, then nothing.
+        i.send_counter
+            .store(REJECT_AFTER_MESSAGES - 2, Ordering::Relaxed);
+        assert_eq!(
+            i.next_counters(64, now),
+            Ok(REJECT_AFTER_MESSAGES - 2..REJECT_AFTER_MESSAGES)
+        );
+        assert_eq!(i.next_counters(1, now), Err(Error::CounterExhausted));
+        assert_eq!(i.sending_counter(), REJECT_AFTER_MESSAGES);
+        i.invalidate_sending();
+        assert_eq!(i.next_counters(1, now), Err(Error::KeyExpired));
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod tests {
 
     fn datapath() -> (Datapath, std::fs::File) {
         let null = std::fs::File::open("/dev/null").expect("open /dev/null");
-        let dp = Datapath::new(null.as_raw_fd(), 1420, false).expect("datapath");
+        let dp = Datapath::new(null.as_raw_fd(), 1420, false, false).expect("datapath");
         (dp, null)
     }
 

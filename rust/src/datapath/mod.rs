@@ -23,6 +23,7 @@ mod hold;
 mod offload;
 mod peer;
 mod pin;
+pub mod pool;
 mod rx;
 mod sys;
 mod tx;
@@ -111,8 +112,12 @@ pub(crate) struct Shared {
     sockets: RwLock<Sockets>,
     counters: DeviceCounters,
     vnet_hdr: bool,
+    /// The TUN device takes UDP GSO writes (TUN_F_USO4/6 accepted).
+    udp_offload: bool,
     /// Hold a peer's packets when no path to it exists (hold.rs).
     hold_unreachable: AtomicBool,
+    /// Helper threads for sealing and opening large batches (pool.rs).
+    pool: pool::CryptoPool,
 }
 
 struct Worker {
@@ -149,22 +154,31 @@ fn lock_err() -> io::Error {
 impl Datapath {
     /// Takes a copy of the TUN descriptor (the caller keeps its own).
     /// `vnet_hdr`: the TUN device was opened with IFF_VNET_HDR, so every
-    /// read and write carries a virtio-net header (and reads may be TSO packets).
-    pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool) -> io::Result<Self> {
+    /// read and write carries a virtio-net header (and reads may be GSO
+    /// packets). `udp_offload`: the device also accepted UDP segmentation
+    /// offload (TUN_F_USO4/6), so datagrams may be coalesced on writes.
+    pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> io::Result<Self> {
         let tun = sys::dup(tun_fd)?;
         sys::set_nonblocking(tun.as_fd())?;
+        let (pool, notice) = pool::CryptoPool::from_env("wgpy-crypto");
+        let events = EventQueue::new()?;
+        if let Some(message) = notice {
+            events.push(Event::Notice { message });
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 peers: RwLock::new(HashMap::new()),
                 indices: RwLock::new(HashMap::new()),
                 allowed: RwLock::new(AllowedIps::new()),
-                events: EventQueue::new()?,
+                events,
                 mtu: AtomicUsize::new(mtu),
                 tun,
                 sockets: RwLock::new(Sockets::default()),
                 counters: DeviceCounters::default(),
                 hold_unreachable: AtomicBool::new(false),
                 vnet_hdr,
+                udp_offload: vnet_hdr && udp_offload,
+                pool,
             }),
             tun_worker: Mutex::new(None),
             rx_workers: Mutex::new(Vec::new()),
@@ -250,6 +264,11 @@ impl Datapath {
             })?);
         }
         Ok(())
+    }
+
+    /// Helper threads sealing and opening large batches besides the I/O threads.
+    pub fn crypto_helpers(&self) -> usize {
+        self.shared.pool.helpers()
     }
 
     pub fn set_mtu(&self, mtu: usize) {

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use crate::clock::monotonic_now;
 use crate::messages::{self, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT};
-use crate::session::{inner_packet_len, RekeyTrigger};
+use crate::session::{inner_packet_len, Keypair, RekeyTrigger};
 
 use super::events::{Event, HandshakeReason};
 use super::offload;
+use super::peer::Peer;
 use super::sys::{self, EventFd, Readiness, RecvBatch};
 use super::{inner_source, now_ns, tx, Shared, UdpSocket, MAX_PACKET};
 
@@ -32,7 +33,7 @@ const BATCH: usize = 64;
 pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
     let raw = sock.fd.as_raw_fd();
     let mut batch = RecvBatch::new(BATCH, MAX_PACKET);
-    let mut coalescer = offload::Coalescer::new();
+    let mut coalescer = offload::Coalescer::new(shared.udp_offload);
     loop {
         match sys::wait_readable(raw, stop) {
             Ok(Readiness::Readable) | Ok(Readiness::Error) => {}
@@ -63,20 +64,15 @@ pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
                 }
             };
             let now = monotonic_now();
-            for i in 0..n {
-                let meta = batch.meta[i];
-                let Some(src) = meta.src else { continue };
-                let len = meta.len.min(batch.bufs[i].len());
-                // With UDP GRO one buffer can hold a train of datagrams.
-                let step = if sock.gro && meta.segment > 0 {
-                    meta.segment
-                } else {
-                    len.max(1)
-                };
-                for datagram in batch.bufs[i][..len].chunks_mut(step) {
-                    if let Some(range) = handle(shared, datagram, src, meta.local, now) {
-                        deliver(shared, &datagram[range], &mut coalescer);
-                    }
+            let mut transport = sort_batch(shared, &mut batch, n, sock.gro);
+            shared.pool.for_each_chunk(&mut transport, |_, chunk| {
+                for t in chunk {
+                    t.opened = open(shared, t.msg, now);
+                }
+            });
+            for t in transport {
+                if let Some(range) = accept(shared, &t, now) {
+                    deliver(shared, &t.msg[range], &mut coalescer);
                 }
             }
             // Nothing waits in the coalescer across batches: latency first.
@@ -88,28 +84,61 @@ pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
     }
 }
 
-/// Handles one datagram; returns where in `msg` a packet for the TUN device is.
-fn handle(
-    shared: &Shared,
-    msg: &mut [u8],
+/// A transport message of the batch and what opening it gave.
+struct Transport<'a> {
+    msg: &'a mut [u8],
     src: SocketAddr,
     local: Option<(IpAddr, u32)>,
-    now: Duration,
-) -> Option<Range<usize>> {
-    match messages::message_type(msg) {
-        Ok(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
-            shared.events.push(Event::Handshake {
-                message: msg.to_vec(),
-                source: src,
-                local,
-            });
-        }
-        Ok(TYPE_TRANSPORT) => return receive_transport(shared, msg, src, local, now),
-        _ => {
-            shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    opened: Option<Opened>,
+}
+
+/// A message that authenticated: its peer, keypair and plaintext range.
+struct Opened {
+    peer: Arc<Peer>,
+    kp: Arc<Keypair>,
+    range: Range<usize>,
+}
+
+/// Splits the batch into datagrams: handshake messages go to the control
+/// plane at once, transport messages are returned in arrival order.
+fn sort_batch<'a>(
+    shared: &Shared,
+    batch: &'a mut RecvBatch,
+    n: usize,
+    gro: bool,
+) -> Vec<Transport<'a>> {
+    let mut transport = Vec::with_capacity(n);
+    for (buf, meta) in batch.bufs.iter_mut().zip(&batch.meta).take(n) {
+        let Some(src) = meta.src else { continue };
+        let len = meta.len.min(buf.len());
+        // With UDP GRO one buffer can hold a train of datagrams.
+        let step = if gro && meta.segment > 0 {
+            meta.segment
+        } else {
+            len.max(1)
+        };
+        for msg in buf[..len].chunks_mut(step) {
+            match messages::message_type(msg) {
+                Ok(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
+                    shared.events.push(Event::Handshake {
+                        message: msg.to_vec(),
+                        source: src,
+                        local: meta.local,
+                    });
+                }
+                Ok(TYPE_TRANSPORT) => transport.push(Transport {
+                    msg,
+                    src,
+                    local: meta.local,
+                    opened: None,
+                }),
+                _ => {
+                    shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
-    None
+    transport
 }
 
 fn tun_write(shared: &Shared, b: &[u8]) {
@@ -128,34 +157,33 @@ fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
     }
 }
 
-fn receive_transport(
-    shared: &Shared,
-    msg: &mut [u8],
-    src: SocketAddr,
-    local: Option<(IpAddr, u32)>,
-    now: Duration,
-) -> Option<Range<usize>> {
-    let drop = || {
+/// Finds the keypair and authenticates and decrypts in place (the replay
+/// window moves only after the tag verifies). Safe to run on any thread.
+fn open(shared: &Shared, msg: &mut [u8], now: Duration) -> Option<Opened> {
+    let found = messages::receiver_index(msg).ok().and_then(|index| {
+        shared
+            .indices
+            .read()
+            .ok()
+            .and_then(|m| m.get(&index).cloned())
+    });
+    let opened = found.and_then(|(peer, kp)| {
+        let range = kp.open_in_place(msg, now).ok()?;
+        Some(Opened { peer, kp, range })
+    });
+    if opened.is_none() {
         shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
-        None
-    };
-    let Ok(index) = messages::receiver_index(msg) else {
-        return drop();
-    };
-    let found = shared
-        .indices
-        .read()
-        .ok()
-        .and_then(|m| m.get(&index).cloned());
-    let Some((peer, kp)) = found else {
-        return drop();
-    };
-    let Ok(range) = kp.open_in_place(msg, now) else {
-        return drop();
-    };
-    let wire_len = msg.len() as u64;
+    }
+    opened
+}
 
-    if let Some(endpoint) = peer.roam(src, local) {
+/// Everything after decryption, in arrival order: roaming, key confirmation,
+/// rekey request, timers; then the inner packet's range if it goes to TUN.
+fn accept(shared: &Shared, t: &Transport<'_>, now: Duration) -> Option<Range<usize>> {
+    let Opened { peer, kp, range } = t.opened.as_ref()?;
+    let wire_len = t.msg.len() as u64;
+
+    if let Some(endpoint) = peer.roam(t.src, t.local) {
         shared.events.push(Event::EndpointChanged {
             peer: peer.id,
             endpoint,
@@ -164,9 +192,9 @@ fn receive_transport(
     let is_next = peer
         .slots
         .read()
-        .is_ok_and(|s| s.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, &kp)));
+        .is_ok_and(|s| s.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, kp)));
     if is_next {
-        let dropped = peer.slots.write().ok().and_then(|mut s| s.confirm(&kp));
+        let dropped = peer.slots.write().ok().and_then(|mut s| s.confirm(kp));
         if let Some(dropped) = dropped {
             if let Ok(mut map) = shared.indices.write() {
                 for i in dropped {
@@ -174,7 +202,7 @@ fn receive_transport(
                 }
             }
             shared.events.push(Event::KeyConfirmed { peer: peer.id });
-            tx::flush_staged(shared, &peer);
+            tx::flush_staged(shared, peer);
         }
     }
     if kp.needs_rekey_on_receive(now) && kp.claim_rekey_request(RekeyTrigger::OnReceive) {
@@ -183,8 +211,7 @@ fn receive_transport(
             reason: HandshakeReason::RekeyOnReceive,
         });
     }
-    let start = range.start;
-    let plain = &msg[range];
+    let plain = &t.msg[range.clone()];
     if peer
         .activity
         .received(now_ns(), wire_len, !plain.is_empty())
@@ -195,7 +222,8 @@ fn receive_transport(
         return None;
     }
     let Some(len) = inner_packet_len(plain) else {
-        return drop();
+        shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
     };
     let packet = &plain[..len];
     let routed =
@@ -204,5 +232,5 @@ fn receive_transport(
         peer.activity.invalid_source.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    Some(start..start + len)
+    Some(range.start..range.start + len)
 }

@@ -181,37 +181,66 @@ fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usi
     }
     let now = monotonic_now();
     let Some(kp) = peer.sending_keypair(now) else {
-        peer.stage(
-            bufs.iter()
-                .zip(lens)
-                .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
-        );
-        peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+        stage_from(shared, peer, bufs, lens, 0);
         return;
     };
     if !peer.staged_is_empty() {
         flush_staged(shared, peer);
     }
+    let Ok(counters) = kp.next_counters(bufs.len(), now) else {
+        stage_from(shared, peer, bufs, lens, 0);
+        return;
+    };
+    let sealable = (counters.end - counters.start) as usize;
     let mtu = shared.mtu.load(Ordering::Relaxed);
-    let mut wire_lens = Vec::with_capacity(bufs.len());
-    for (i, (buf, &len)) in bufs.iter_mut().zip(lens).enumerate() {
-        match kp.seal_in_place(buf, len, mtu, now) {
-            Ok(n) => wire_lens.push(n),
-            Err(_) => {
-                // The keypair ran out (counter or age) mid-batch: keep the rest for the next one.
-                peer.stage(
-                    bufs[i..]
-                        .iter()
-                        .zip(&lens[i..])
-                        .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
-                );
-                peer.want_handshake(&shared.events, HandshakeReason::NoKey);
-                break;
-            }
+    let mut jobs: Vec<SealJob> = bufs[..sealable]
+        .iter_mut()
+        .zip(lens)
+        .map(|(buf, &len)| SealJob { buf, len, wire: 0 })
+        .collect();
+    shared.pool.for_each_chunk(&mut jobs, |offset, chunk| {
+        for (k, job) in chunk.iter_mut().enumerate() {
+            let counter = counters.start + (offset + k) as u64;
+            // Cannot fail: every buffer has room for the largest message.
+            job.wire = kp
+                .seal_with_counter(job.buf, job.len, mtu, counter)
+                .unwrap_or(0);
         }
+    });
+    let mut sealed: Vec<&[u8]> = Vec::with_capacity(jobs.len());
+    let mut plain: Vec<usize> = Vec::with_capacity(jobs.len());
+    for job in jobs.iter().filter(|j| j.wire > 0) {
+        sealed.push(&job.buf[..job.wire]);
+        plain.push(job.len);
     }
-    let slices: Vec<&[u8]> = bufs.iter().zip(&wire_lens).map(|(b, &n)| &b[..n]).collect();
-    finish_send(shared, peer, &kp, &slices, lens);
+    let failed = (jobs.len() - sealed.len()) as u64;
+    shared
+        .counters
+        .tx_dropped
+        .fetch_add(failed, Ordering::Relaxed);
+    finish_send(shared, peer, &kp, &sealed, &plain);
+    if sealable < bufs.len() {
+        // The keypair ran out of counters mid-batch: keep the rest for the next one.
+        stage_from(shared, peer, bufs, lens, sealable);
+    }
+}
+
+/// A packet of a batch being sealed (possibly on a helper thread).
+struct SealJob<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+    wire: usize,
+}
+
+/// Stages the packets of a batch from `first` on and asks for a handshake.
+fn stage_from(shared: &Shared, peer: &Arc<Peer>, bufs: &[Vec<u8>], lens: &[usize], first: usize) {
+    peer.stage(
+        bufs[first..]
+            .iter()
+            .zip(&lens[first..])
+            .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
+    );
+    peer.want_handshake(&shared.events, HandshakeReason::NoKey);
 }
 
 /// Sends sealed messages and does the bookkeeping that follows every send.

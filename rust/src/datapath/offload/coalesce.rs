@@ -1,0 +1,349 @@
+//! Coalescing decrypted packets into GSO writes to the TUN device, like the
+//! kernel's GRO: the kernel's stack then handles one packet instead of dozens
+//! (and a UDP socket that does not ask for GRO gets the datagrams back one by
+//! one, exactly as sent).
+//!
+//! - TCP: a segment joins the pending packet only when the kernel's own GRO
+//!   would merge it: same addresses, ports, ack, window, flags (ACK, with
+//!   PSH allowed on the last) and options; the next sequence number.
+//! - UDP (only when the device accepted UDP segmentation offload): same
+//!   addresses and ports, at most 64 datagrams (the kernel's UDP_MAX_SEGMENTS).
+//! - Both: a payload no larger than the first one's, and only the last may
+//!   be shorter; no IPv4 options or fragments; at most 64 KiB in all.
+//!   Anything else is written on its own.
+
+use super::{
+    fold, Layout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, PROTO_TCP,
+    PROTO_UDP, VNET_HDR_LEN,
+};
+
+const MAX_COALESCED: usize = 65535;
+const MAX_UDP_SEGMENTS: usize = 64;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+pub struct Coalescer {
+    buf: Vec<u8>,
+    /// The pending packet's layout; None when nothing is pending.
+    pending: Option<Layout>,
+    /// Payload size of the first packet: the GSO size.
+    segment: usize,
+    count: usize,
+    next_seq: u32,
+    closed: bool,
+    udp: bool,
+}
+
+impl Coalescer {
+    /// `udp`: UDP datagrams may be coalesced too (the TUN device accepted
+    /// TUN_F_USO4/6, so the kernel takes UDP_L4 GSO writes).
+    pub fn new(udp: bool) -> Self {
+        let mut buf = Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED);
+        buf.resize(VNET_HDR_LEN, 0);
+        Self {
+            buf,
+            pending: None,
+            segment: 0,
+            count: 0,
+            next_seq: 0,
+            closed: false,
+            udp,
+        }
+    }
+
+    /// The packet's layout if it may be coalesced at all.
+    fn candidate(&self, packet: &[u8]) -> Option<Layout> {
+        let l = Layout::of(packet).ok()?;
+        if !l.is_v6 && (l.ip_len != 20 || u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0)
+        {
+            return None;
+        }
+        if packet.len() == l.hdr {
+            return None;
+        }
+        match l.proto {
+            PROTO_TCP => {
+                let flags = packet[l.ip_len + 13];
+                (flags & !(TCP_ACK | TCP_PSH) == 0 && flags & TCP_ACK != 0).then_some(l)
+            }
+            PROTO_UDP => {
+                let ulen = usize::from(u16::from_be_bytes([
+                    packet[l.ip_len + 4],
+                    packet[l.ip_len + 5],
+                ]));
+                (self.udp && ulen == packet.len() - l.ip_len).then_some(l)
+            }
+            _ => None,
+        }
+    }
+
+    fn seq(packet: &[u8], ip_len: usize) -> u32 {
+        u32::from_be_bytes([
+            packet[ip_len + 4],
+            packet[ip_len + 5],
+            packet[ip_len + 6],
+            packet[ip_len + 7],
+        ])
+    }
+
+    /// Whether `packet` continues the pending one.
+    fn continues(&self, packet: &[u8], l: Layout) -> bool {
+        if self.pending != Some(l) || self.closed {
+            return false;
+        }
+        let pending = &self.buf[VNET_HDR_LEN..];
+        let payload = packet.len() - l.hdr;
+        if payload > self.segment || pending.len() + payload > MAX_COALESCED {
+            return false;
+        }
+        let same = |a: usize, b: usize| pending[a..b] == packet[a..b];
+        let ip_same = if l.is_v6 {
+            same(0, 4) && same(6, 40)
+        } else {
+            same(0, 2) && same(6, 10) && same(12, 20)
+        };
+        let ports_same = same(l.ip_len, l.ip_len + 4);
+        if l.proto == PROTO_UDP {
+            return ip_same && ports_same && self.count < MAX_UDP_SEGMENTS;
+        }
+        let ip_len = l.ip_len;
+        // Ack, data offset, window (not flags: PSH may differ); options.
+        ip_same
+            && ports_same
+            && Self::seq(packet, ip_len) == self.next_seq
+            && same(ip_len + 8, ip_len + 13)
+            && same(ip_len + 14, ip_len + 16)
+            && same(ip_len + 20, l.hdr)
+            && pending[ip_len + 13] & !TCP_PSH == packet[ip_len + 13] & !TCP_PSH
+    }
+
+    /// Adds a decrypted packet; `write` is called for whatever must go out
+    /// first (the pending packet, or this one when it cannot be held).
+    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+        let Some(l) = self.candidate(packet) else {
+            self.flush(write);
+            self.write_alone(packet, write);
+            return;
+        };
+        let payload_len = packet.len() - l.hdr;
+        if self.continues(packet, l) {
+            self.buf.extend_from_slice(&packet[l.hdr..]);
+            self.count += 1;
+            self.next_seq = self.next_seq.wrapping_add(payload_len as u32);
+            let psh = l.proto == PROTO_TCP && packet[l.ip_len + 13] & TCP_PSH != 0;
+            // A shorter packet or a PSH ends the train.
+            if payload_len < self.segment || psh {
+                if psh {
+                    self.buf[VNET_HDR_LEN + l.ip_len + 13] |= TCP_PSH;
+                }
+                self.closed = true;
+            }
+            return;
+        }
+        self.flush(write);
+        self.buf.truncate(VNET_HDR_LEN);
+        self.buf.extend_from_slice(packet);
+        self.pending = Some(l);
+        self.segment = payload_len;
+        self.count = 1;
+        self.closed = false;
+        if l.proto == PROTO_TCP {
+            self.next_seq = Self::seq(packet, l.ip_len).wrapping_add(payload_len as u32);
+            self.closed = packet[l.ip_len + 13] & TCP_PSH != 0;
+        }
+    }
+
+    /// Writes a packet that cannot be coalesced (nothing is pending).
+    fn write_alone(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+        self.buf.truncate(VNET_HDR_LEN);
+        self.buf[..VNET_HDR_LEN].copy_from_slice(&VnetHdr::data_valid());
+        self.buf.extend_from_slice(packet);
+        write(&self.buf);
+        self.buf.truncate(VNET_HDR_LEN);
+    }
+
+    /// Writes the pending packet, if any.
+    pub fn flush(&mut self, write: &mut impl FnMut(&[u8])) {
+        let Some(l) = self.pending.take() else {
+            return;
+        };
+        if self.count == 1 {
+            let mut h = VnetHdr::data_valid();
+            h[1] = GSO_NONE;
+            self.buf[..VNET_HDR_LEN].copy_from_slice(&h);
+        } else {
+            let p = &mut self.buf[VNET_HDR_LEN..];
+            let total = p.len();
+            // Cannot fail: the total was kept within MAX_COALESCED.
+            let _ = l.set_lengths(p, total);
+            // Partial checksum: the pseudo-header sum; the kernel finishes it
+            // (or trusts it) per segment, as for any locally built GSO packet.
+            let pseudo = fold(l.pseudo_header_sum(p, total - l.ip_len));
+            let field = l.ip_len + l.csum_offset();
+            p[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+            let gso_type = match (l.proto, l.is_v6) {
+                (PROTO_UDP, _) => GSO_UDP_L4,
+                (_, true) => GSO_TCPV6,
+                (_, false) => GSO_TCPV4,
+            };
+            let h = VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type,
+                hdr_len: l.hdr as u16,
+                gso_size: self.segment as u16,
+                csum_start: l.ip_len as u16,
+                csum_offset: l.csum_offset() as u16,
+            };
+            self.buf[..VNET_HDR_LEN].copy_from_slice(&h.to_bytes());
+        }
+        write(&self.buf);
+        self.count = 0;
+        self.closed = false;
+        self.buf.truncate(VNET_HDR_LEN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{segment_tcp, split_read, F_DATA_VALID};
+    use super::*;
+
+    fn coalesce(c: &mut Coalescer, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut writes: Vec<Vec<u8>> = Vec::new();
+        let mut w = |b: &[u8]| writes.push(b.to_vec());
+        for p in packets {
+            c.push(p, &mut w);
+        }
+        c.flush(&mut w);
+        writes
+    }
+
+    #[test]
+    fn coalesced_train_resegments_to_the_original() {
+        // Cut a big packet, coalesce the pieces, cut the result again: same pieces.
+        let big = tcp_v4(5000, 0x10 | TCP_PSH);
+        let mut scratch = Vec::new();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        segment_tcp(&big, 1400, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
+        let writes = coalesce(&mut Coalescer::new(false), &pieces);
+        assert_eq!(writes.len(), 1, "one write for the whole train");
+        let h = VnetHdr::parse(&writes[0]).expect("hdr");
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+            (GSO_TCPV4, 1400, 20, 16)
+        );
+        assert_eq!(h.flags, F_NEEDS_CSUM);
+        let mut again: Vec<Vec<u8>> = Vec::new();
+        let mut read = writes[0].clone();
+        split_read(&mut read, &mut scratch, |p| again.push(p.to_vec())).expect("re-segment");
+        assert_eq!(again, pieces);
+    }
+
+    #[test]
+    fn coalescing_stops_at_gaps_and_other_flows() {
+        let big = tcp_v4(4200, 0x10);
+        let mut scratch = Vec::new();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        segment_tcp(&big, 1400, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
+        let mut other = pieces[1].clone();
+        other[22] ^= 1; // another destination port
+        let udp_packet = udp(false, 100);
+        let packets = [
+            pieces[0].clone(),
+            pieces[2].clone(),
+            other,
+            udp_packet.clone(),
+        ];
+        let writes = coalesce(&mut Coalescer::new(false), &packets);
+        assert_eq!(writes.len(), 4);
+        for wbuf in &writes {
+            let h = VnetHdr::parse(wbuf).expect("hdr");
+            assert_eq!(h.gso_type, GSO_NONE, "nothing coalesced");
+            assert_eq!(h.flags, F_DATA_VALID);
+        }
+        assert_eq!(&writes[3][VNET_HDR_LEN..], &udp_packet[..]);
+    }
+
+    /// Datagrams of one flow, `sizes` bytes of payload each, with distinct contents.
+    fn datagrams(v6: bool, sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut p = udp(v6, n);
+                let l = Layout::of(&p).expect("udp");
+                p[l.hdr] = i as u8;
+                l.set_transport_checksum(&mut p);
+                if !v6 {
+                    // Consecutive IPv4 ids, as a connected socket sends them.
+                    p[4..6].copy_from_slice(&(0xfff0u16.wrapping_add(i as u16)).to_be_bytes());
+                    let total = p.len();
+                    l.set_lengths(&mut p, total).expect("lengths");
+                }
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn udp_datagrams_coalesce_and_resegment_to_the_originals() {
+        for v6 in [false, true] {
+            let sent = datagrams(v6, &[1200, 1200, 1200, 700]);
+            let writes = coalesce(&mut Coalescer::new(true), &sent);
+            assert_eq!(writes.len(), 1, "one write (v6 {v6})");
+            let h = VnetHdr::parse(&writes[0]).expect("hdr");
+            let ip_len = if v6 { 40 } else { 20 };
+            assert_eq!(
+                (
+                    h.flags,
+                    h.gso_type,
+                    h.hdr_len,
+                    h.gso_size,
+                    h.csum_start,
+                    h.csum_offset
+                ),
+                (F_NEEDS_CSUM, GSO_UDP_L4, ip_len + 8, 1200, ip_len, 6)
+            );
+            // What the kernel does with it for a socket without UDP GRO.
+            let mut read = writes[0].clone();
+            let mut again: Vec<Vec<u8>> = Vec::new();
+            split_read(&mut read, &mut Vec::new(), |p| again.push(p.to_vec())).expect("split");
+            assert_eq!(again, sent, "the same datagrams, byte for byte (v6 {v6})");
+        }
+    }
+
+    #[test]
+    fn udp_coalescing_limits() {
+        // Off unless the device took UDP segmentation offload.
+        let sent = datagrams(false, &[500, 500]);
+        assert_eq!(coalesce(&mut Coalescer::new(false), &sent).len(), 2);
+        // A larger datagram after a smaller one, and anything after a short one, start anew.
+        let sent = datagrams(false, &[500, 600, 600, 100, 600]);
+        let writes = coalesce(&mut Coalescer::new(true), &sent);
+        let counts: Vec<usize> = writes
+            .iter()
+            .map(|w| {
+                let mut r = w.clone();
+                split_read(&mut r, &mut Vec::new(), |_| {}).expect("split")
+            })
+            .collect();
+        assert_eq!(counts, [1, 3, 1]);
+        // At most 64 datagrams per write.
+        let sent = datagrams(true, &[100; 130]);
+        let writes = coalesce(&mut Coalescer::new(true), &sent);
+        assert_eq!(writes.len(), 3);
+        // Another flow, a fragment, a lying UDP length: never merged.
+        let base = datagrams(false, &[300, 300]);
+        let mut port = base[1].clone();
+        port[21] ^= 1;
+        let mut frag = base[1].clone();
+        frag[6] |= 0x20; // MF
+        let mut ulen = base[1].clone();
+        ulen[25] ^= 1;
+        for odd in [port, frag, ulen] {
+            let writes = coalesce(&mut Coalescer::new(true), &[base[0].clone(), odd]);
+            assert_eq!(writes.len(), 2);
+        }
+    }
+}
