@@ -177,7 +177,7 @@ class Datagrams:
     delivered_pps: float
     loss_percent: float  # of the packets the client sent, those that never arrived
     # Where packets went (see link_counters): datagrams that reached side b's
-    # UDP layer, and packets side a's TUN (or veth) queue dropped because they
+    # kernel, and packets side a's TUN (or veth) queue dropped because they
     # were not read fast enough.
     link_delivered_pps: float | None = None
     sender_queue_drops: int | None = None
@@ -186,9 +186,9 @@ class Datagrams:
 def udp(setup: Setup, length: int, rate_bps: int, duration: int) -> Datagrams:
     """iperf3 UDP from side a to side b with `length`-byte payloads."""
     extra = ["-u", "-b", str(rate_bps), "-l", str(length)]
-    links_before = link_counters(setup)
+    links_before = link_counters(setup, length)
     done = run_tracked(setup.client, iperf_argv(setup, duration, extra), duration + 30)
-    links_after = link_counters(setup)
+    links_after = link_counters(setup, length)
     check_daemons(setup)
     end = parse_iperf(done.output)["end"]
     sent, received = end["sum_sent"], end["sum_received"]
@@ -208,24 +208,29 @@ def udp(setup: Setup, length: int, rate_bps: int, duration: int) -> Datagrams:
     )
 
 
-def link_counters(setup: Setup) -> tuple[int, int]:
-    """(tx packets dropped on side a's link, UDP datagrams that reached b's UDP layer).
+def link_counters(setup: Setup, length: int) -> tuple[int, int]:
+    """(tx packets dropped on side a's link, datagrams of `length` payload
+    bytes that reached side b's kernel over its link).
 
-    The second is b's UDP InDatagrams plus InErrors (mostly socket-buffer
-    overflows), from /proc/net/snmp in b's namespace: it counts datagrams
-    whether the receiving daemon wrote them one by one or as one UDP GSO
-    packet, and iperf3's few control datagrams aside, it is what the tunnel
-    delivered; iperf3's own count is what the server application then read
-    from its socket. The difference shows an application (or its socket
-    buffer) too slow for the rate the tunnel delivers, as opposed to a tunnel
-    that delivers too little."""
+    The second comes from the rx counters of b's TUN device (the packets the
+    receiving daemon wrote into it) or, without a tunnel, of b's veth end. A
+    UDP GSO write of many datagrams counts once in `packets` but carries one
+    IPv4+UDP header for all of them, so the datagrams are (bytes - headers *
+    packets) / length, exact whether or not the daemon coalesced (iperf3's
+    few control packets aside). iperf3's own count is what the server
+    application then read from its socket: a difference shows an application
+    (or its socket buffer) too slow for the rate the tunnel delivers, as
+    opposed to a tunnel that delivers too little."""
     a = json.loads(setup.client.ip("-j", "-s", "link", "show", "dev", setup.sender_link).stdout)
-    snmp = setup.server.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-    heads, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
-    udp = dict(zip(heads[1:], (int(v) for v in values[1:]), strict=True))
-    return int(a[0]["stats64"]["tx"]["dropped"]), udp["InDatagrams"] + udp["InErrors"]
+    b = json.loads(setup.server.ip("-j", "-s", "link", "show", "dev", setup.receiver_link).stdout)
+    rx = b[0]["stats64"]["rx"]
+    headers = IPV4_UDP_HEADERS + (0 if setup.pair is not None else ETHERNET_HEADER)
+    datagrams = (int(rx["bytes"]) - headers * int(rx["packets"])) // length
+    return int(a[0]["stats64"]["tx"]["dropped"]), datagrams
 
 
+IPV4_UDP_HEADERS = 28
+ETHERNET_HEADER = 14
 SEARCH_FRACTIONS = (1.0, 0.8, 0.6, 0.4, 0.2)
 
 

@@ -29,7 +29,7 @@ METRICS = (
     Metric("tcp1_gbps", "TCP, 1 stream", "Gbit/s", 2),
     Metric("tcp4_gbps", "TCP, 4 streams", "Gbit/s", 2),
     Metric("udp_delivered_kpps", "UDP delivered, unlimited send", "kpps", 1),
-    Metric("udp_link_kpps", "UDP reaching b's UDP layer, unlimited send", "kpps", 1),
+    Metric("udp_link_kpps", "UDP reaching b's kernel (TUN/veth rx), unlimited send", "kpps", 1),
     Metric("udp_sent_kpps", "UDP sent by iperf3, unlimited send", "kpps", 1),
     Metric("udp_loss_pct", "UDP loss, unlimited send", "%", 1, True),
     Metric("udp_sustainable_kpps", "UDP highest rate with < 1 % loss", "kpps", 1),

@@ -80,6 +80,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .proc import run_command
+
 # Bump when the initramfs layout or the guest's init changes: it is part of the cache key.
 HARNESS_VERSION = "4"
 
@@ -144,20 +146,7 @@ class CommandResult:
 def _run(
     argv: Sequence[str], *, check: bool = True, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise InteropError(
-            f"{shlex.join(argv)} exited {result.returncode}: "
-            f"{(result.stderr or result.stdout).strip()}"
-        )
-    return result
+    return run_command(argv, check=check, timeout=timeout, error=InteropError)
 
 
 @functools.cache

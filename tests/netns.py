@@ -37,6 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from interop.proc import run_command
+
 NAME_PREFIX = "wgpyt-"
 NETNS_DIR = Path("/run/netns")
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -61,22 +63,7 @@ def run(
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion with a timeout, capturing text output."""
-    full_env = None if env is None else {**os.environ, **env}
-    result = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise CommandError(
-            f"{' '.join(argv)!r} exited {result.returncode}\n"
-            f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}"
-        )
-    return result
+    return run_command(argv, check=check, timeout=timeout, env=env, error=CommandError)
 
 
 def wait_until(
