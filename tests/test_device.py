@@ -7,8 +7,9 @@ so the same steps drive both implementations.
 from __future__ import annotations
 
 import pytest
+import trio
 import wgpy
-from netns import NetnsLab, require_programs, require_tun, wait_until
+from netns import NetnsLab, add_address, entered_netns, require_programs, require_tun, wait_until
 from transfer import start_tcp_transfer, tcp_transfer
 from wgnet import (
     INNER_V4,
@@ -133,3 +134,51 @@ def test_roaming_client_address_change_keeps_tcp_alive(netns_lab: NetnsLab) -> N
     assert r.received_sha256 == r.sent_sha256
     assert r.longest_gap < 2.0, f"stream stalled {r.longest_gap:.2f} s"
     assert pair.b.peer_dump(a.public_key).endpoint == f"10.77.0.11:{a.port}"
+
+
+def test_embedding_api_reports_handshake_and_roaming(netns_lab: NetnsLab) -> None:
+    """A Device in this process as the server of a wireguard-go client: the
+    handshake and the client's endpoint reach subscribers as DeviceEvents,
+    and so does the endpoint learnt from a data packet after the client
+    moved to another port (roaming, seen by the data plane)."""
+    a, b = netns_lab.namespace(), netns_lab.namespace()
+    netns_lab.veth(a, b, ["10.77.0.1/24"], ["10.77.0.2/24"])
+    client = start_node(netns_lab, a, WIREGUARD_GO, port=51820, addresses=["10.200.0.1/24"])
+    server_key = wgpy.PrivateKey.generate()
+    client.set_peer(server_key.public_key(), ["10.200.0.2/32"], endpoint=("10.77.0.2", 51821))
+    name = netns_lab.interface_name(b, prefix="wge")
+    seen: list[wgpy.DeviceEvent] = []
+
+    async def expect(
+        events: trio.MemoryReceiveChannel[wgpy.DeviceEvent], kind: str, endpoint: tuple[str, int]
+    ) -> None:
+        with trio.fail_after(5):
+            async for e in events:
+                seen.append(e)
+                if e.kind == kind and e.endpoint == endpoint:
+                    assert e.peer == client.public_key
+                    return
+
+    async def ping() -> None:
+        assert await trio.to_thread.run_sync(lambda: client.ping("10.200.0.2", count=1))
+
+    async def main() -> None:
+        async with wgpy.Device(name, private_key=server_key, listen_port=51821) as dev:
+            events = dev.subscribe()
+            dev.add_peer(client.public_key, allowed_ips=["10.200.0.1/32"])
+            await trio.to_thread.run_sync(lambda: add_address(b, name, "10.200.0.2/24"))
+            await trio.to_thread.run_sync(lambda: b.ip("link", "set", name, "up"))
+            await ping()
+            await expect(events, "endpoint_changed", ("10.77.0.1", 51820))
+            # wireguard-go rebinds and sends its next data packet from 51999.
+            await trio.to_thread.run_sync(
+                lambda: client.wg("set", client.iface, "listen-port", "51999")
+            )
+            await ping()
+            await expect(events, "endpoint_changed", ("10.77.0.1", 51999))
+            assert dev.datapath.endpoint(dev.peer(client.public_key).id) == ("10.77.0.1", 51999)
+            # Key confirmation (the first data packet) completed the handshake.
+            assert "handshake_completed" in [e.kind for e in seen], seen
+
+    with entered_netns(b.name):
+        trio.run(main)

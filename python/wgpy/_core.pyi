@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension module `wgpy._core`."""
 
-from typing import final
+from typing import Literal, final
 
 REKEY_AFTER_MESSAGES: int
 REJECT_AFTER_MESSAGES: int
@@ -181,7 +181,15 @@ def message_type(message: bytes) -> int: ...
 def receiver_index(message: bytes) -> int: ...
 def inner_packet_len(plaintext: bytes) -> int | None: ...
 
-DatapathEvent = tuple[object, ...]
+# What `Datapath.take_events` returns: a tuple whose first item names it.
+# Addresses are (host, port); the local one of a handshake is (address, ifindex).
+DatapathEvent = (
+    tuple[Literal["handshake"], bytes, tuple[str, int], tuple[str, int] | None]
+    | tuple[Literal["need_handshake"], int, Literal["no_key", "rekey_on_send", "rekey_on_receive"]]
+    | tuple[Literal["key_confirmed", "activity", "unreachable"], int]
+    | tuple[Literal["endpoint"], int, tuple[str, int]]
+    | tuple[Literal["tun_closed", "socket_error", "notice"], str]
+)
 
 @final
 class Datapath:

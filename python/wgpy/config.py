@@ -702,7 +702,7 @@ def resolve_endpoint(
     for fam, _, _, _, sockaddr in infos:
         if fam == socket.AF_INET:
             return str(sockaddr[0]), int(sockaddr[1])
-        if fam == socket.AF_INET6:
+        if fam == socket.AF_INET6 and len(sockaddr) == 4:
             host, port, _, scope_id = sockaddr
             # Python drops the %scope of a link-local address; it is needed to reach it.
             if scope_id and "%" not in host:

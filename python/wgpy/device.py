@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -49,6 +49,9 @@ from wgpy.handover import Handover, HandoverReport, enabled_by_default
 from wgpy.peer import IPNetwork, Peer, PeerStats
 from wgpy.ratelimiter import Ratelimiter
 from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
+
+if TYPE_CHECKING:
+    from wgpy._core import DatapathEvent
 
 log = logging.getLogger("wgpy")
 
@@ -616,40 +619,42 @@ class Device:
                     continue
             await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, event: tuple[object, ...], under_load: bool) -> None:
-        kind = event[0]
-        if kind == "handshake":
-            _, message, source, local = event
-            self._handle_handshake_message(message, source, local, under_load)  # type: ignore[arg-type]
-            return
-        if kind == "tun_closed":
-            log.info("%s: TUN device closed: %s", self.name, event[1])
-            self._emit(DeviceEvent("tun_closed", time.time(), detail=str(event[1])))
-            self.tun_gone.set()
-            return
-        if kind == "socket_error":
-            log.warning("%s: UDP socket error: %s", self.name, event[1])
-            return
-        if kind == "notice":
-            log.info("%s: %s", self.name, event[1])
-            return
-        peer = self._by_id.get(int(event[1]))  # type: ignore[call-overload]
-        if peer is None:
-            return
+    def _dispatch(self, event: DatapathEvent, under_load: bool) -> None:
+        match event:
+            case ("handshake", message, source, local):
+                self._handle_handshake_message(message, source, local, under_load)
+            case ("tun_closed", error):
+                log.info("%s: TUN device closed: %s", self.name, error)
+                self._emit(DeviceEvent("tun_closed", time.time(), detail=error))
+                self.tun_gone.set()
+            case ("socket_error", error):
+                log.warning("%s: UDP socket error: %s", self.name, error)
+            case ("notice", message):
+                log.info("%s: %s", self.name, message)
+            case (kind, int(peer_id), *rest):
+                peer = self._by_id.get(peer_id)
+                if peer is not None:
+                    self._dispatch_peer_event(peer, kind, rest)
+
+    def _dispatch_peer_event(self, peer: Peer, kind: str, rest: Sequence[object]) -> None:
+        now = trio.current_time()
         if kind == "need_handshake":
-            now = trio.current_time()
             peer.reconcile(now)
-            if event[2] == "rekey_on_receive":
+            if rest == ["rekey_on_receive"]:
                 peer.timers.rekey_on_receive(now)
             else:
                 peer.timers.initiate_handshake(now)
         elif kind == "key_confirmed":
-            self._handshake_complete(peer, trio.current_time())
+            self._handshake_complete(peer, now)
             peer.poke()
         elif kind == "endpoint":
-            endpoint = event[2]
             self._endpoint_set(peer)
-            self._emit(DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint))  # type: ignore[arg-type]
+            match rest:
+                case [(str(host), int(port))]:
+                    endpoint = (host, port)
+                    self._emit(
+                        DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint)
+                    )
         elif kind == "activity":
             peer.poke()
         elif kind == "unreachable" and self._handover is not None:

@@ -507,10 +507,10 @@ class Handover:
             log.info("%s: underlay changed: %s", self._device.name, detail)
             self._record("underlay_changed", None, detail)
         for peer, why, again in actions:
-            state = self._paths.get(peer.id)
-            if state is None or peer.cancel_scope.cancel_called:
+            current = self._paths.get(peer.id)
+            if current is None or peer.cancel_scope.cancel_called:
                 continue
-            if state.path is None:
+            if current.path is None:
                 log.info("%s: %s: %s", self._device.name, peer, why)
                 self._record("path_lost", peer, why)
             else:
