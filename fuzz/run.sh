@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${1:-20}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets=(parse_message handshake_consume transport_decrypt)
+targets=(parse_message handshake_consume transport_decrypt offload)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz"
@@ -37,6 +37,10 @@ seed parse_message seed-initiation '\x01\x00\x00\x00%0144d' 0
 seed parse_message seed-response '\x02\x00\x00\x00%088d' 0
 seed parse_message seed-cookie-reply '\x03\x00\x00\x00%060d' 0
 seed parse_message seed-transport '\x04\x00\x00\x00%028d' 0
+# offload: a TCP/IPv4 train, a UDP/IPv6 train with UDP coalescing on, one raw read.
+seed offload seed-tcp-train '\x01\x00\xc8\x00\x00\x00\xc8\x00\x00\x00\x64\x00\x00'
+seed offload seed-udp-train '\x03\x03\xc8\x00\x00\x03\xc8\x00\x00\x03\x10\x00\x00'
+seed offload seed-read '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x45'
 
 cargo fuzz build --sanitizer "$sanitizer"
 

@@ -20,7 +20,7 @@
 
 mod events;
 mod hold;
-mod offload;
+pub mod offload;
 mod peer;
 mod pin;
 pub mod pool;

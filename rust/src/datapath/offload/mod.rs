@@ -114,7 +114,7 @@ pub fn finish_checksum(packet: &mut [u8], start: usize, offset: usize) -> Result
 
 /// Where a TCP or UDP packet's headers end (no IPv6 extension headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Layout {
+pub struct Layout {
     pub is_v6: bool,
     pub proto: u8,
     /// IP header length.
