@@ -631,34 +631,30 @@ class Device:
                 log.warning("%s: UDP socket error: %s", self.name, error)
             case ("notice", message):
                 log.info("%s: %s", self.name, message)
-            case (kind, int(peer_id), *rest):
-                peer = self._by_id.get(peer_id)
-                if peer is not None:
-                    self._dispatch_peer_event(peer, kind, rest)
-
-    def _dispatch_peer_event(self, peer: Peer, kind: str, rest: Sequence[object]) -> None:
-        now = trio.current_time()
-        if kind == "need_handshake":
-            peer.reconcile(now)
-            if rest == ["rekey_on_receive"]:
-                peer.timers.rekey_on_receive(now)
-            else:
-                peer.timers.initiate_handshake(now)
-        elif kind == "key_confirmed":
-            self._handshake_complete(peer, now)
-            peer.poke()
-        elif kind == "endpoint":
-            self._endpoint_set(peer)
-            match rest:
-                case [(str(host), int(port))]:
-                    endpoint = (host, port)
+            case ("need_handshake", peer_id, reason):
+                if peer := self._by_id.get(peer_id):
+                    now = trio.current_time()
+                    peer.reconcile(now)
+                    if reason == "rekey_on_receive":
+                        peer.timers.rekey_on_receive(now)
+                    else:
+                        peer.timers.initiate_handshake(now)
+            case ("key_confirmed", peer_id):
+                if peer := self._by_id.get(peer_id):
+                    self._handshake_complete(peer, trio.current_time())
+                    peer.poke()
+            case ("endpoint", peer_id, endpoint):
+                if peer := self._by_id.get(peer_id):
+                    self._endpoint_set(peer)
                     self._emit(
                         DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint)
                     )
-        elif kind == "activity":
-            peer.poke()
-        elif kind == "unreachable" and self._handover is not None:
-            self._handover.unreachable(peer)
+            case ("activity", peer_id):
+                if peer := self._by_id.get(peer_id):
+                    peer.poke()
+            case ("unreachable", peer_id):
+                if (peer := self._by_id.get(peer_id)) and self._handover is not None:
+                    self._handover.unreachable(peer)
 
     # --- UAPI support ---
     # Used by wgpy.uapi. update_peer cannot clear a preshared key (None means
