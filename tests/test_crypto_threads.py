@@ -15,6 +15,7 @@ from pathlib import Path
 from netns import NetnsLab, require_programs, require_tun
 from transfer import tcp_transfer
 from wgnet import INNER_V4, WGPY, Node, make_pair, start_node
+from wgpy.tun import SO_RCVBUFFORCE
 
 HELPERS = {"WGPY_CRYPTO_THREADS": "2"}
 PORT = 5302
@@ -44,7 +45,7 @@ def test_helpers_work_and_keep_packet_order(netns_lab: NetnsLab) -> None:
     # Bursts of numbered datagrams fill batches large enough to be split
     # over the helpers; the receiver must see them in the order sent.
     rx = pair.b.ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
     rx.bind((INNER_V4[1], PORT))
     tx = pair.a.ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.connect((INNER_V4[1], PORT))

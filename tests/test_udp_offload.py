@@ -17,9 +17,9 @@ import time
 import pytest
 from netns import Namespace, NetnsLab, require_programs, require_tun
 from wgnet import INNER_V4, INNER_V6, WGPY, WIREGUARD_GO, make_pair
+from wgpy.tun import SO_RCVBUFFORCE
 
 UDP_SEGMENT = 103
-SO_RCVBUFFORCE = 33
 GSO_SIZE = 1200
 LAST = 700  # the last datagram of each send is shorter
 PER_SEND = 10
