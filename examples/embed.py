@@ -61,7 +61,7 @@ async def main() -> None:
 
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         await sock.bind(("127.0.0.1", 0))
-        device.add_peer(
+        await device.add_peer(
             peer_key.public_key(),
             endpoint=sock.getsockname(),
             allowed_ips=[f"{PEER_ADDRESS}/32"],

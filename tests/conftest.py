@@ -1,10 +1,21 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the property tests' randomness.
 
+Property tests (hypothesis) draw random examples locally, so every run can
+find something new, and a fixed, derandomized sequence in CI (CI set in the
+environment, as .ci/run does), so a CI run is reproducible: a failure there
+fails the same way every time.
+"""
+
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from netns import NetnsLab, remove_stale_namespaces, require_root_netns
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture

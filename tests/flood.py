@@ -18,14 +18,16 @@ host, port, limit, seconds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), fl
 # Valid mac1 (it only needs the target's public key), unknown static keys.
 keys = [wgpy.PrivateKey.generate() for _ in range(256)]
 messages = [wgpy.Handshake(k, target).create_initiation() for k in keys]
+if sys.argv[8] == "bad-mac1":
+    messages = [m[:116] + bytes([m[116] ^ 1]) + m[117:] for m in messages]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[6], 0)); s.setblocking(False)
 sent = cookies = 0
 start = time.monotonic(); end = start + seconds
 print(json.dumps({"started": time.time()}), flush=True)
-rate = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0  # per second; 0: as fast as it goes
+rate = float(sys.argv[7])  # per second; 0: about 100k/s; -1: no pause at all
 while sent < limit and time.monotonic() < end:
-    burst = messages if not rate else messages[: max(1, int(rate / 100))]
+    burst = messages if rate <= 0 else messages[: max(1, int(rate / 100))]
     for m in burst:
         try:
             s.sendto(m, (host, port)); sent += 1
@@ -38,9 +40,9 @@ while sent < limit and time.monotonic() < end:
             break
         if len(d) == 64 and d[0] == 3:
             cookies += 1
-    if rate:
+    if rate > 0:
         time.sleep(max(0.0, start + sent / rate - time.monotonic()))
-    else:
+    elif rate == 0:
         time.sleep(0.002)  # about 100k initiations/s: well over what is processed
 print(json.dumps({"sent": sent, "cookie_replies": cookies, "ended": time.time()}), flush=True)
 """
@@ -55,13 +57,16 @@ def start_flood(
     limit: int,
     seconds: float,
     rate: float = 0.0,
+    bad_mac1: bool = False,
 ) -> BackgroundProcess:
     """Floods `address` from `source` (an IPv4 address in `ns`) for at most `limit`
-    packets and `seconds`, at `rate` packets/s (0: as fast as it can); the output's
+    packets and `seconds`, at `rate` packets/s (0: about 100,000/s, -1: as fast
+    as it can); with `bad_mac1` every initiation's mac1 is wrong. The output's
     first line is {"started": unix time}."""
     host, port = address
     argv = [sys.executable, "-c", FLOOD, target.to_base64(), host, str(port)]
-    return ns.spawn([*argv, str(limit), str(seconds), source, str(rate)])
+    mode = "bad-mac1" if bad_mac1 else "valid"
+    return ns.spawn([*argv, str(limit), str(seconds), source, str(rate), mode])
 
 
 def flood_result(flood: BackgroundProcess) -> dict:

@@ -175,7 +175,7 @@ def test_embedding_api_reports_handshake_and_roaming(netns_lab: NetnsLab) -> Non
     async def main() -> None:
         async with wgpy.Device(name, private_key=server_key, listen_port=51821) as dev:
             events = dev.subscribe()
-            dev.add_peer(client.public_key, allowed_ips=["10.200.0.1/32"])
+            await dev.add_peer(client.public_key, allowed_ips=["10.200.0.1/32"])
             await trio.to_thread.run_sync(lambda: add_address(b, name, "10.200.0.2/24"))
             await trio.to_thread.run_sync(lambda: b.ip("link", "set", name, "up"))
             await ping()
@@ -186,7 +186,8 @@ def test_embedding_api_reports_handshake_and_roaming(netns_lab: NetnsLab) -> Non
             )
             await ping()
             await expect(events, "endpoint_changed", ("10.77.0.1", 51999))
-            assert dev.datapath.endpoint(dev.peer(client.public_key).id) == ("10.77.0.1", 51999)
+            state = dev.datapath.peer_state(dev.peer(client.public_key).id)
+            assert state.endpoint == ("10.77.0.1", 51999)
             # Key confirmation (the first data packet) completed the handshake.
             assert "handshake_completed" in [e.kind for e in seen], seen
 

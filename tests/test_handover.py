@@ -191,26 +191,29 @@ def test_embedding_api_events_and_held_packets(netns_lab: NetnsLab, family: str)
             await trio.to_thread.run_sync(
                 lambda: ns.ip("link", "set", name, "netns", container.name)
             )
-            peer = dev.add_peer(remote, endpoint=(endpoint, 51820), allowed_ips=["10.98.0.0/24"])
+            peer = await dev.add_peer(
+                remote, endpoint=(endpoint, 51820), allowed_ips=["10.98.0.0/24"]
+            )
+            state = lambda: dev.datapath.peer_state(peer.id)  # noqa: E731
             await trio.sleep(0.2)  # the watcher learns the first path
             await ip("route", "replace", "default", "via", gw2)
             await expect(events, "underlay_changed")
             await expect(events, "reannounced")  # no keypair yet: a handshake
             assert "handshake" in seen[-1].detail and seen[-1].peer == remote
             # The new path's address is the source now, whatever arrives where.
-            assert dev.datapath.endpoint_source(peer.id) == addr2.split("/")[0]
-            assert dev.datapath.source_pinned(peer.id)
+            assert state().endpoint_source == addr2.split("/")[0]
+            assert state().source_pinned
 
             await ip("route", "del", "default")
             await expect(events, "path_lost")
-            assert dev.datapath.is_held(peer.id)
+            assert state().held
             dev.datapath.send_keepalive(peer.id)  # a packet with no path: held, not dropped
-            assert dev.datapath.staged_count(peer.id) >= 1
+            assert state().staged >= 1
 
             await ip("route", "add", "default", "via", gw1)
             await expect(events, "reannounced")
-            assert not dev.datapath.is_held(peer.id)
-            assert dev.datapath.endpoint_source(peer.id) == addr1.split("/")[0]
+            assert not state().held
+            assert state().endpoint_source == addr1.split("/")[0]
             report = dev.handover_report()
             assert report.enabled and report.last_underlay_change is not None
             assert [e.kind for e in report.events][-1] == "reannounced"

@@ -235,7 +235,6 @@ def test_handshake_complete_stops_retransmits():
     )
     assert device.times(*INITIATIONS) == [0.0, 5.0, 10.0]
     assert device.timers.handshake_attempts == 0
-    assert device.timers.last_handshake == 12.0
     assert "purge" not in device.names()
     assert not device.timers.is_pending(Timer.RETRANSMIT_HANDSHAKE)
 
@@ -431,21 +430,19 @@ def test_zero_key_material_540_s_after_the_last_session():
     assert device.log == [(640.0, "zero")]
 
 
-# ---- last-minute rekey on receive -----------------------------------------------------------
+# ---- initiations the data plane asks for ---------------------------------------------------
 
 
-def test_rekey_on_receive_sends_once_per_handshake():
+def test_a_data_plane_request_restarts_the_attempts():
+    # The data plane asks for initiations itself (no key, rekey); each request that is not a
+    # retry restarts the count, as wg_packet_send_queued_handshake_initiation does, so
+    # traffic that keeps asking keeps the retries going.
     device = Device()
-    timers = device.timers
-    timers.handshake_complete(0.0)
-    assert timers.rekey_on_receive(166.0) is True
-    assert timers.rekey_on_receive(167.0) is False
-    assert timers.sent_lastminute_handshake
-    assert device.log == [(166.0, "initiation")]
-    device.received_response(168.0)
-    assert not timers.sent_lastminute_handshake
-    assert timers.rekey_on_receive(400.0) is True
-    assert device.times("initiation") == [166.0, 400.0]
+    device.timers.initiate_handshake(0.0)
+    run_until(22.0, device)
+    assert device.timers.handshake_attempts == 4
+    device.timers.handshake_requested()
+    assert device.timers.handshake_attempts == 0
 
 
 # ---- stop -----------------------------------------------------------------------------------
@@ -468,7 +465,6 @@ def test_stop_deletes_everything_and_ignores_later_hooks():
     device.timers.set_persistent_keepalive(0, 6.0)
     device.timers.set_persistent_keepalive(10, 7.0)
     device.timers.initiate_handshake(8.0)
-    assert device.timers.rekey_on_receive(9.0) is False
     run_until(5000, device)
     assert device.log == log
     assert device.timers.next_deadline() is None
@@ -517,8 +513,6 @@ def apply(device, event):
             device.received_initiation(at)
         case "confirm":
             device.confirmed_by_data(at)
-        case "rekey_on_receive":
-            timers.rekey_on_receive(at)
         case "set_keepalive":
             timers.set_persistent_keepalive(event.arg, at)
         case _:
@@ -534,7 +528,6 @@ KINDS = {
     "recv_response": 1,
     "recv_initiation": 1,
     "confirm": 1,
-    "rekey_on_receive": 1,
     "set_keepalive": 1,
 }
 # The device may replay an event this late; less than the shortest timer an event can arm
@@ -702,16 +695,19 @@ def test_driver_replays_before_firing():
     device = Device()
     unreplayed = []  # events the data plane has recorded but the device has not replayed
 
-    def before_fire(now):
-        while unreplayed and unreplayed[0][0] <= now:
-            at, event = unreplayed.pop(0)
-            event(at)
+    class Source:
+        def replay(self, now):
+            while unreplayed and unreplayed[0][0] <= now:
+                at, event = unreplayed.pop(0)
+                event(at)
+            return False
+
+        def watch(self, on):
+            pass
 
     async def main():
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(run_timers, before_fire=before_fire), device.timers
-            )
+            await nursery.start(functools.partial(run_timers, source=Source()), device.timers)
             device.sent_packet(0.0, data=True)  # new_handshake at 15
             unreplayed.append((14.0, lambda at: device.received_packet(at, data=False)))
             await trio.sleep(30)

@@ -15,6 +15,7 @@ commands print against wireguard-go configured the same way; the scale cases
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -24,6 +25,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,9 +44,12 @@ from netns import (
     run,
     wait_until,
 )
-from wgpy import PresharedKey, PrivateKey, PublicKey, uapi
+from wgpy import PresharedKey, PrivateKey, PublicKey, changes
+from wgpy.changes import ChangeError, DeviceChange
 from wgpy.device import Device
-from wgpy.uapi import RequestReader, UAPIError, parse_set, serve_uapi
+from wgpy.uapi import protocol, server
+from wgpy.uapi.protocol import RequestReader, parse_set
+from wgpy.uapi.server import serve_uapi
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EINVAL, EPROTO, EIO, EADDRINUSE = errno.EINVAL, errno.EPROTO, errno.EIO, errno.EADDRINUSE
@@ -115,7 +120,7 @@ class FakeDevice:
             raise self.fwmark_error
         self.fwmark = fwmark
 
-    def add_peer(
+    async def add_peer(
         self,
         public_key: PublicKey,
         *,
@@ -205,10 +210,10 @@ def exchange(device: object, data: bytes) -> bytes:
     """Everything one connection answers to `data` (then EOF), without sockets."""
 
     async def main() -> bytes:
-        client, server = trio.testing.memory_stream_pair()
+        client, served = trio.testing.memory_stream_pair()
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(uapi.serve_connection, device, server, trio.Lock())
+            nursery.start_soon(server.serve_connection, device, served, trio.Lock())
             await client.send_all(data)
             await client.send_eof()
             while chunk := await client.receive_some():
@@ -223,11 +228,11 @@ def set_request(device: object, *lines: str) -> bytes:
 
 
 def apply(device: object, *lines: str) -> None:
-    trio.run(uapi.apply_set, device, parse_set("".join(f"{line}\n" for line in lines)))
+    trio.run(changes.apply, device, parse_set("".join(f"{line}\n" for line in lines)))
 
 
 def parse_error(*lines: str) -> int:
-    with pytest.raises(UAPIError) as info:
+    with pytest.raises(ChangeError) as info:
         parse_set("".join(f"{line}\n" for line in lines))
     return info.value.code
 
@@ -352,16 +357,16 @@ def test_zero_keys_mean_remove() -> None:
 
 
 def test_empty_request() -> None:
-    assert parse_set(b"") == uapi.SetRequest()
+    assert parse_set(b"") == DeviceChange()
 
 
 # --- framing ----------------------------------------------------------------------
 
 
-def frames(data: bytes, *, eof: bool = True, byte_by_byte: bool = False) -> list[uapi.Frame]:
+def frames(data: bytes, *, eof: bool = True, byte_by_byte: bool = False) -> list[protocol.Frame]:
     reader = RequestReader()
     chunks = [data[i : i + 1] for i in range(len(data))] if byte_by_byte else [data]
-    out: list[uapi.Frame] = []
+    out: list[protocol.Frame] = []
     for chunk in chunks:
         reader.feed(chunk)
         while (frame := reader.next_frame()) is not None:
@@ -401,7 +406,7 @@ def test_framing_pipelined_requests(byte_by_byte: bool) -> None:
     ],
 )
 def test_framing_errors(data: bytes, reply: bytes) -> None:
-    assert frames(data)[-1] == uapi.Frame("reply-and-close", reply=reply)
+    assert frames(data)[-1] == protocol.Frame("reply-and-close", reply=reply)
 
 
 @pytest.mark.parametrize(
@@ -409,19 +414,19 @@ def test_framing_errors(data: bytes, reply: bytes) -> None:
     [b"", b"get=1", b"get=1\n", b"bogus\n", b"\n", b"set=1\r\n\n", b"GET=1\n\n", b"x" * 5000],
 )
 def test_framing_closes_without_reply(data: bytes) -> None:
-    assert frames(data)[-1] == uapi.CLOSE
+    assert frames(data)[-1] == protocol.CLOSE
 
 
 def test_framing_long_line_is_caught_while_streaming() -> None:
     # The connection ends as soon as a line passes 4 KiB, not when it ends.
     assert frames(b"set=1\nlisten_port=1\n" + b"9" * 4100, eof=False)[-1].kind == "reply-and-close"
-    assert frames(b"x" * 4100, eof=False)[-1] == uapi.CLOSE
+    assert frames(b"x" * 4100, eof=False)[-1] == protocol.CLOSE
 
 
 def test_framing_request_size_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uapi, "MAX_REQUEST", 1000)
+    monkeypatch.setattr(protocol, "MAX_REQUEST", 1000)
     data = b"set=1\n" + b"allowed_ip=10.0.0.1/32\n" * 100
-    assert frames(data, eof=False)[-1] == uapi.Frame("reply-and-close", reply=b"errno=-5\n\n")
+    assert frames(data, eof=False)[-1] == protocol.Frame("reply-and-close", reply=b"errno=-5\n\n")
 
 
 def test_framing_finds_terminator_across_chunks() -> None:
@@ -429,7 +434,7 @@ def test_framing_finds_terminator_across_chunks() -> None:
     for chunk in (b"set=1\nfwmark=1\n", b"\n"):
         reader.feed(chunk)
         frame = reader.next_frame()
-    assert frame == uapi.Frame("set", body=b"fwmark=1\n")
+    assert frame == protocol.Frame("set", body=b"fwmark=1\n")
 
 
 # --- applying to a device ------------------------------------------------------------
@@ -438,7 +443,7 @@ def test_framing_finds_terminator_across_chunks() -> None:
 def test_atomic_when_third_peer_is_invalid() -> None:
     device = FakeDevice(private_key=PrivateKey.generate())
     old = new_key()
-    device.add_peer(old)
+    trio.run(functools.partial(device.add_peer, old))
     device.add_allowed_ip_prefixes(device.peer(old), [("10.0.0.0", 8)])
     before = device.snapshot()
     reply = set_request(
@@ -677,7 +682,7 @@ def serve_and_run(
     async def main() -> None:
         with trio.fail_after(timeout):
             async with trio.open_nursery() as nursery:
-                assert await nursery.start(uapi.serve_uapi, device, path) == path
+                assert await nursery.start(server.serve_uapi, device, path) == path
                 await body()
                 nursery.cancel_scope.cancel()
 
@@ -730,18 +735,52 @@ def test_socket_in_use_is_refused(sock_dir: Path) -> None:
 
     async def body() -> None:
         with pytest.raises(OSError, match="interface in use") as info:
-            uapi.open_uapi_socket(path)
+            server.open_uapi_socket(path)
         assert info.value.errno == EADDRINUSE
         assert await request(path, b"get=1\n\n")  # the first server still answers
 
     serve_and_run(FakeDevice(), path, body)
 
 
+def test_a_new_socket_never_refuses_a_connection(sock_dir: Path) -> None:
+    """wg(8) unlinks a socket that refuses a connection (a stale one), so a
+    socket must accept from the moment it appears at its path: one caught
+    between bind() and listen() by a `wg show` would be deleted, and the
+    daemon, seeing its socket gone, would exit."""
+    path = sock_dir / "wgr.sock"
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def wg_like_prober() -> None:
+        while not stop.is_set():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(os.fspath(path))
+                except ConnectionRefusedError:
+                    refused.append("refused")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    prober = threading.Thread(target=wg_like_prober)
+    prober.start()
+    try:
+        for _ in range(300):
+            with server.open_uapi_socket(path):
+                assert path.exists(), "a prober deleted a socket that refused it"
+                path.unlink()  # while it still listens: never seen closed
+    finally:
+        stop.set()
+        prober.join()
+    assert refused == []
+
+
 def test_non_socket_file_is_left_alone(sock_dir: Path) -> None:
     path = sock_dir / "wgx.sock"
     path.write_text("not a socket")
     with pytest.raises(OSError) as info:
-        uapi.open_uapi_socket(path)
+        server.open_uapi_socket(path)
     assert info.value.errno == errno.EEXIST
     assert path.read_text() == "not a socket"
 
@@ -749,13 +788,13 @@ def test_non_socket_file_is_left_alone(sock_dir: Path) -> None:
 def test_serving_a_socket_opened_earlier(sock_dir: Path) -> None:
     # As a launcher does: open the socket, daemonize, then serve it.
     path = sock_dir / "wgx.sock"
-    listener = uapi.open_uapi_socket(path)
+    listener = server.open_uapi_socket(path)
 
     async def main() -> None:
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    functools.partial(uapi.serve_uapi, FakeDevice(), path, listener=listener)
+                    functools.partial(server.serve_uapi, FakeDevice(), path, listener=listener)
                 )
                 assert await request(path, b"get=1\n\n") == b"listen_port=51820\nerrno=0\n\n"
                 nursery.cancel_scope.cancel()
@@ -809,7 +848,7 @@ def watch_delay(path: Path, change: Callable[[], None]) -> float:
         returned: list[float] = []
 
         async def waiter() -> None:
-            await uapi.wait_socket_removed(path)
+            await server.wait_socket_removed(path)
             returned.append(trio.current_time())
 
         with trio.fail_after(5):
@@ -832,20 +871,20 @@ def test_wait_socket_removed(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch, inotify: bool, how: str
 ) -> None:
     if not inotify:
-        monkeypatch.setattr(uapi, "_inotify_watch", lambda path: None)
-        monkeypatch.setattr(uapi, "POLL_INTERVAL", 0.05)
+        monkeypatch.setattr(server, "_inotify_watch", lambda path: None)
+        monkeypatch.setattr(server, "POLL_INTERVAL", 0.05)
     path = sock_dir / "wgx.sock"
     changes = {
         "unlink": path.unlink,
         "rename": lambda: path.rename(sock_dir / "moved.sock"),
-        "replace": lambda: (path.unlink(), uapi.open_uapi_socket(path).close()),
+        "replace": lambda: (path.unlink(), server.open_uapi_socket(path).close()),
     }
-    with uapi.open_uapi_socket(path):
+    with server.open_uapi_socket(path):
         assert watch_delay(path, changes[how]) < 0.5
 
 
 def test_wait_socket_removed_without_file(sock_dir: Path) -> None:
-    trio.run(uapi.wait_socket_removed, sock_dir / "absent.sock")
+    trio.run(server.wait_socket_removed, sock_dir / "absent.sock")
 
 
 # === Part 2: a real Device in a network namespace, driven by `wg` =====================

@@ -21,6 +21,7 @@ from wgpy._core import (
     TRANSPORT_MIN_LEN,
     AuthenticationError,
     CookieChecker,
+    DatapathError,
     Handshake,
     HandshakeStateError,
     Initiation,
@@ -53,7 +54,8 @@ from wgpy.config import (
     save,
     write_private_key,
 )
-from wgpy.device import Device, DeviceError, DeviceEvent
+from wgpy.device import Device, DeviceError
+from wgpy.events import DeviceEvent
 from wgpy.peer import Peer, PeerStats
 
 MESSAGE_INITIATION = 1
@@ -83,6 +85,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CookieChecker",
+    "DatapathError",
     "Device",
     "DeviceError",
     "DeviceEvent",

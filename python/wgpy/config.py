@@ -317,6 +317,22 @@ def _parse_address(text: str) -> IPInterface:
     return ipaddress.IPv6Interface((ip, prefix))
 
 
+def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as wg(8) prints it (glibc's inet_ntop): IPv4-mapped and
+    IPv4-compatible IPv6 addresses end in dotted quads (::ffff:1.2.3.4),
+    which Python's own formatting writes in hex."""
+    if address.version == 4:
+        return str(address)
+    assert isinstance(address, ipaddress.IPv6Address)
+    text = socket.inet_ntop(socket.AF_INET6, address.packed)
+    return f"{text}%{address.scope_id}" if address.scope_id else text
+
+
+def network_text(network: IPNetwork) -> str:
+    """A prefix as wg(8) prints it: address (see `ip_text`) / length."""
+    return f"{ip_text(network.network_address)}/{network.prefixlen}"
+
+
 def _normalize_host(host: object) -> str:
     if not isinstance(host, str) or not host:
         raise _Invalid("empty host")
@@ -324,7 +340,7 @@ def _normalize_host(host: object) -> str:
         host = host[1:-1]
     if ":" in host:
         try:
-            return str(ipaddress.IPv6Address(host))
+            return ip_text(ipaddress.IPv6Address(host))
         except ValueError:
             raise _Invalid(f"{host!r} is not an IPv6 address") from None
     if _HOST_NAME.fullmatch(host):
@@ -661,7 +677,9 @@ def _render_peer(peer: PeerConfig) -> list[str]:
     if peer.preshared_key is not None:
         lines.append(f"PresharedKey = {peer.preshared_key.to_base64()}")
     if peer.allowed_ips:
-        written = [_checked("AllowedIPs", _parse_allowed_ip, str(n)) for n in peer.allowed_ips]
+        written = [
+            _checked("AllowedIPs", _parse_allowed_ip, network_text(n)) for n in peer.allowed_ips
+        ]
         lines.append(f"AllowedIPs = {', '.join(written)}")
     if peer.endpoint is not None:
         lines.append(f"Endpoint = {_checked('Endpoint', _parse_endpoint, str(peer.endpoint))}")

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -51,17 +51,18 @@ def configure_logging() -> None:
 async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
     """Runs the device until a stop condition; `ready(None)` once serving,
     `ready(reason)` if setup failed."""
-    from wgpy.uapi import serve_uapi, wait_socket_removed
+    from wgpy.uapi.server import serve_uapi, wait_socket_removed
 
     path = socket_path(iface)
-    try:
-        device = Device(iface)
-        await device.__aenter__()
-    except Exception as e:  # any setup failure is reported in one line
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        ready(f"cannot create interface {iface}: {reason}")
-        return
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            device = await stack.enter_async_context(Device(iface))
+        except Exception as e:  # any setup failure is reported in one line
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            ready(f"cannot create interface {iface}: {reason}")
+            return
+        # serve_uapi removes the socket if it is still its own: another
+        # daemon's socket at the same path must survive this one failing.
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(serve_uapi, device, path)
@@ -71,18 +72,14 @@ async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
                 return
             ready(None)
 
-            async def stop_when(what: str, waiter: Callable[[], object]) -> None:
-                await waiter()  # type: ignore[misc]
+            async def stop_when(what: str, waiter: Callable[[], Awaitable[object]]) -> None:
+                await waiter()
                 log.info("%s: %s, shutting down", iface, what)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_when, "UAPI socket removed", lambda: wait_socket_removed(path))
             nursery.start_soon(stop_when, "TUN interface gone", device.tun_gone.wait)
             nursery.start_soon(stop_when, "signal received", _wait_for_signal)
-    finally:
-        # serve_uapi removes the socket if it is still its own: another
-        # daemon's socket at the same path must survive this one failing.
-        await device.__aexit__(None, None, None)
 
 
 async def _wait_for_signal() -> None:

@@ -1,20 +1,21 @@
-"""A running WireGuard device: TUN + UDP sockets + the Rust data plane,
-driven by Trio.
+"""A running WireGuard device: a TUN interface, UDP sockets and the Rust data
+plane, configured and timed from Trio.
 
-One nursery per device runs: the data plane's event loop (handshake
-messages, "needs a handshake", key confirmation, roaming, timer activity)
-and one timer task per peer. Everything here runs on the Trio thread; the
-data plane's threads never call back into Python.
-
-Handshake processing follows the kernel (receive.c, send.c):
-- mac1 must be valid; when under load (a handshake backlog of at least
-  MAX_QUEUED_INCOMING_HANDSHAKES / 8, and for 1 s after), a message without a
-  valid mac2 gets a cookie reply, and one with a valid mac2 must pass the
-  per-source rate limiter.
-- An initiation from a known peer is answered; its keypair waits in "next"
-  until the initiator uses it. A response completes our handshake: the
-  keypair is current at once, staged packets (or a keepalive) follow.
-- The endpoint follows every authenticated handshake message.
+- The data plane (Rust) moves packets and runs the handshakes; it owns
+  receiver indices, keypairs, endpoints and counters (rust/src/datapath/).
+- This object owns the configuration (private key, port, fwmark, MTU, peers
+  and their keys) and runs, in one nursery while the device is open: the
+  data plane's event loop, one task per peer (its timers, in the peer's own
+  cancel scope), the MTU follower (wgpy.link) and the underlay watcher
+  (wgpy.handover).
+- The event loop only routes the data plane's notifications: a peer's
+  ("re-read me") to that peer's task, the device's (TUN closed, socket
+  errors, notices) to the log and the subscribers. It yields to Trio after
+  every batch.
+- After every change to a peer's configuration its staged packets are sent
+  (or a handshake started for them), as the kernel and wireguard-go do;
+  turning a peer's persistent keepalive on from 0, a new peer's included,
+  sends a keepalive at once.
 """
 
 from __future__ import annotations
@@ -22,62 +23,25 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import secrets
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from wgpy._core import (
-    CookieChecker,
-    Datapath,
-    Handshake,
-    PresharedKey,
-    PrivateKey,
-    ProtocolError,
-    PublicKey,
-    message_type,
-    open_initiation,
-    receiver_index,
-)
-from wgpy.constants import MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_AFTER_TIME
+from wgpy._core import Datapath, PeerState, PresharedKey, PrivateKey, PublicKey
+from wgpy.events import DeviceEvent, Subscribers
 from wgpy.handover import Handover, HandoverReport, enabled_by_default
-from wgpy.peer import IPNetwork, Peer, PeerStats
-from wgpy.ratelimiter import Ratelimiter
+from wgpy.link import follow_mtu
+from wgpy.peer import Endpoint, IPNetwork, Peer, PeerStats
+from wgpy.tasks import background_tasks
 from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
-
-if TYPE_CHECKING:
-    from wgpy._core import DatapathEvent
 
 log = logging.getLogger("wgpy")
 
-Endpoint = tuple[str, int]
-MTU_POLL_INTERVAL = 1.0
-EventKind = Literal[
-    "handshake_completed",
-    "endpoint_changed",
-    "tun_closed",
-    # Handover (wgpy.handover): the path to some peer changed; no route to a
-    # peer (its packets are held); a peer was told our new path.
-    "underlay_changed",
-    "path_lost",
-    "reannounced",
-]
-
-
-@dataclass(frozen=True)
-class DeviceEvent:
-    """Something an embedding program may want to react to."""
-
-    kind: EventKind
-    time: float
-    peer: PublicKey | None = None
-    endpoint: Endpoint | None = None
-    detail: str = ""
+# Data-plane events handled before yielding to Trio.
+EVENT_BATCH = 64
 
 
 class DeviceError(Exception):
@@ -116,47 +80,23 @@ class Device:
         self._mtu = mtu
         self._peers: dict[PublicKey, Peer] = {}
         self._by_id: dict[int, Peer] = {}
-        self._indices: dict[int, Peer] = {}
         self._next_id = 1
         self._sockets: list[socket.socket] = []
         self._tun: Tun | None = None
         self._datapath: Datapath | None = None
-        self._checker: CookieChecker | None = None
-        self._limiter = Ratelimiter()
-        self._last_under_load: float | None = None
         self._nursery: trio.Nursery | None = None
-        self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._subscribers: list[trio.MemorySendChannel[DeviceEvent]] = []
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._subscribers = Subscribers()
         self.closed = trio.Event()
         self.tun_gone = trio.Event()
 
-    # --- lifecycle ------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> Device:
-        self._tun = Tun.create(self.name, self._mtu)
-        self.name = self._tun.name
-        try:
-            self._datapath = Datapath(
-                self._tun.fd, self._mtu, self._tun.vnet_hdr, self._tun.udp_offload
-            )
-            self._bind(self._listen_port)
-            self._set_identity(self._private_key)
-            self._tun.set_up()
-            self._datapath.start()
-            log.info(
-                "%s: data plane started (TUN offloads: %s, crypto helper threads: %d)",
-                self.name,
-                ("TCP+UDP" if self._tun.udp_offload else "TCP") if self._tun.vnet_hdr else "off",
-                self._datapath.crypto_helpers,
-            )
-            self._nursery_cm = trio.open_nursery()
-            self._nursery = await self._nursery_cm.__aenter__()
-            self._nursery.start_soon(self._event_loop)
-            self._nursery.start_soon(self._follow_mtu)
-            await self._start_handover()
-        except BaseException:
-            self._teardown()
-            raise
+        # A failure while starting has already undone what _running() had done.
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._running())
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -165,38 +105,80 @@ class Device:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._nursery is not None and self._nursery_cm is not None
-        self._nursery.cancel_scope.cancel()
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        """The device from creation to teardown; yields while it runs."""
+        with self._resources():
+            self._open_datapath()
+            async with background_tasks() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._event_loop)
+                await nursery.start(follow_mtu, self.tun.fd, self.datapath)
+                await self._start_handover(nursery)
+                try:
+                    yield
+                finally:
+                    self._nursery = None
+                    for peer in self._peers.values():
+                        peer.remove()
+
+    @contextlib.contextmanager
+    def _resources(self) -> Iterator[None]:
+        """Creates the TUN interface; on the way out closes everything this
+        device opened, whatever happened."""
+        self._tun = Tun.create(self.name, self._mtu)
+        self.name = self._tun.name
         try:
-            return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            yield
         finally:
-            self._teardown()
-
-    def _teardown(self) -> None:
-        if self._datapath is not None:
-            self._datapath.stop()
-        for s in self._sockets:
-            s.close()
-        self._sockets = []
-        if self._tun is not None:
+            if self._datapath is not None:
+                self._datapath.stop()
+            for s in self._sockets:
+                s.close()
+            self._sockets = []
             self._tun.close()
-        for ch in self._subscribers:
-            ch.close()
-        self.closed.set()
+            self._subscribers.close()
+            self.closed.set()
 
-    async def _start_handover(self) -> None:
+    def _open_datapath(self) -> None:
+        tun = self.tun
+        self._datapath = Datapath(tun.fd, self._mtu, tun.vnet_hdr, tun.udp_offload)
+        self._bind(self._listen_port)
+        self._datapath.set_private_key(self._private_key)
+        tun.set_up()
+        self._datapath.start()
+        offloads = ("TCP+UDP" if tun.udp_offload else "TCP") if tun.vnet_hdr else "off"
+        log.info(
+            "%s: data plane started (TUN offloads: %s, crypto helper threads: %d)",
+            self.name,
+            offloads,
+            self._datapath.crypto_helpers,
+        )
+
+    async def _start_handover(self, nursery: trio.Nursery) -> None:
         """Starts the underlay watcher here, in the UDP sockets' namespace; the
         device runs without it if netlink cannot be used."""
-        if not self._handover_enabled or self._nursery is None:
+        if not self._handover_enabled:
             return
-        handover = Handover(self, self._emit)
+        handover = Handover(
+            self.name,
+            self.datapath,
+            peers=lambda: [(p.id, p.public_key) for p in self._peers.values()],
+            fwmark=lambda: self._fwmark,
+            emit=self._subscribers.emit,
+        )
         try:
             handover.open()
         except OSError as e:
             log.warning("%s: handover off, cannot watch the network: %s", self.name, e)
             return
         self._handover = handover
-        await self._nursery.start(handover.run)
+        await nursery.start(handover.run)
 
     def handover_report(self) -> HandoverReport:
         """Whether handover runs, and its recent decisions (for `wgpy show`)."""
@@ -221,7 +203,12 @@ class Device:
             raise DeviceError("device is not running")
         return self._tun
 
-    # --- interface configuration -----------------------------------------
+    def _running_nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise DeviceError("device is not running")
+        return self._nursery
+
+    # --- interface configuration ------------------------------------------------------
 
     @property
     def private_key(self) -> PrivateKey | None:
@@ -262,36 +249,23 @@ class Device:
         if self._handover is not None:
             self._handover.recheck_all()
 
-    def _set_identity(self, key: PrivateKey | None) -> None:
-        self._private_key = key
-        self._checker = CookieChecker(key.public_key()) if key else None
-
     def set_private_key(self, key: PrivateKey | None) -> None:
         """Changes the private key; every handshake restarts (kernel behaviour)."""
         if key == self._private_key:
             return
-        self._set_identity(key)
-        pub = self.public_key
-        for peer in list(self._peers.values()):
-            if pub is not None and peer.public_key == pub:
-                # A peer with our own key can never handshake (wireguard-go drops it).
-                self.remove_peer(peer.public_key)
-                continue
-            self.datapath.expire_keypairs(peer.id)
-            self._forget_handshake(peer)
-            peer.handshake = self._new_handshake(peer.public_key, peer.preshared_key)
-            peer.last_sent_handshake = None
+        own = key.public_key() if key is not None else None
+        if own is not None and own in self._peers:
+            # A peer with our own key can never handshake (wireguard-go drops it).
+            self.remove_peer(own)
+        self._private_key = key
+        self.datapath.set_private_key(key)
 
     def set_mtu(self, mtu: int) -> None:
         self.tun.set_mtu(mtu)
         self.datapath.set_mtu(mtu)
         self._mtu = mtu
 
-    # --- peers ----------------------------------------------------------
-
-    def _new_handshake(self, pub: PublicKey, psk: PresharedKey | None) -> Handshake:
-        key = self._private_key or PrivateKey.generate()
-        return Handshake(key, pub, psk)
+    # --- peers ------------------------------------------------------------------------
 
     @property
     def peers(self) -> list[Peer]:
@@ -300,7 +274,7 @@ class Device:
     def peer(self, public_key: PublicKey) -> Peer:
         return self._peers[public_key]
 
-    def add_peer(
+    async def add_peer(
         self,
         public_key: PublicKey,
         *,
@@ -309,7 +283,8 @@ class Device:
         allowed_ips: Iterable[str | IPNetwork] = (),
         persistent_keepalive: int = 0,
     ) -> Peer:
-        """Adds a peer, or updates it if it exists (like ``wg set``)."""
+        """Adds a peer, or updates it if it exists (like ``wg set``); its
+        timers are running when this returns."""
         if public_key in self._peers:
             return self.update_peer(
                 public_key,
@@ -318,30 +293,23 @@ class Device:
                 allowed_ips=allowed_ips,
                 persistent_keepalive=persistent_keepalive,
             )
-        peer_id = self._next_id
-        self._next_id += 1
-        peer = Peer(
-            device=self,
-            id=peer_id,
-            public_key=public_key,
-            handshake=self._new_handshake(public_key, preshared_key),
-            preshared_key=preshared_key,
+        nursery = self._running_nursery()
+        peer = self._new_peer(public_key, preshared_key)
+        await nursery.start(peer.run)
+        return self.update_peer(
+            public_key,
+            endpoint=endpoint,
+            allowed_ips=allowed_ips,
             persistent_keepalive=persistent_keepalive,
         )
-        self.datapath.add_peer(peer_id)
+
+    def _new_peer(self, public_key: PublicKey, preshared_key: PresharedKey | None) -> Peer:
+        peer_id = self._next_id
+        self._next_id += 1
+        self.datapath.add_peer(peer_id, public_key, preshared_key)
+        peer = Peer(self.datapath, self, peer_id, public_key, preshared_key)
         self._peers[public_key] = peer
         self._by_id[peer_id] = peer
-        if endpoint is not None:
-            self.datapath.set_endpoint(peer_id, endpoint)
-            self._endpoint_set(peer)
-        for net in allowed_ips:
-            self.add_allowed_ip(peer, _network(net))
-        if self._nursery is None:
-            raise DeviceError("device is not running")
-        self._nursery.start_soon(peer.run_timers)
-        if persistent_keepalive:
-            peer.timers.set_persistent_keepalive(persistent_keepalive, trio.current_time())
-            peer.poke()
         return peer
 
     def update_peer(
@@ -354,21 +322,22 @@ class Device:
         replace_allowed_ips: bool = False,
         persistent_keepalive: int | None = None,
     ) -> Peer:
+        """Changes what is given (None: unchanged), then sends the staged packets."""
         peer = self._peers[public_key]
+        dp = self.datapath
         if preshared_key is not None:
             peer.preshared_key = preshared_key
-            peer.handshake.set_preshared_key(preshared_key)
+            dp.set_preshared_key(peer.id, preshared_key)
         if endpoint is not None:
-            self.datapath.set_endpoint(peer.id, endpoint)
-            self._endpoint_set(peer)
+            dp.set_endpoint(peer.id, endpoint)
         if replace_allowed_ips:
-            self.datapath.allowed_ips_remove_peer(peer.id)
+            dp.allowed_ips_remove_peer(peer.id)
         for net in allowed_ips or ():
             self.add_allowed_ip(peer, _network(net))
-        if persistent_keepalive is not None and persistent_keepalive != peer.persistent_keepalive:
-            peer.persistent_keepalive = persistent_keepalive
+        if persistent_keepalive is not None:
             peer.timers.set_persistent_keepalive(persistent_keepalive, trio.current_time())
-            peer.poke()
+        dp.send_staged(peer.id)
+        peer.poke()  # it reports what changed (a new endpoint) at once
         return peer
 
     def add_allowed_ip(self, peer: Peer, network: IPNetwork) -> None:
@@ -384,289 +353,70 @@ class Device:
         if peer is None:
             return
         del self._by_id[peer.id]
-        peer.cancel_scope.cancel()
+        peer.remove()
         if self._handover is not None:
-            self._handover.forget(peer)
-        peer.timers.stop()
-        self._forget_handshake(peer)
-        for index in self.datapath.remove_peer(peer.id):
-            self._indices.pop(index, None)
+            self._handover.forget(peer.id, peer.public_key)
+        self.datapath.remove_peer(peer.id)
 
     def stats(self) -> list[PeerStats]:
         return [p.stats() for p in self._peers.values()]
 
     def subscribe(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[DeviceEvent]:
-        """A channel of DeviceEvents; events are dropped for a subscriber that lags."""
-        send, receive = trio.open_memory_channel[DeviceEvent](max_buffer)
-        self._subscribers.append(send)
-        return receive
+        """A channel of DeviceEvents; a subscriber that lags loses events (wgpy.events)."""
+        return self._subscribers.subscribe(max_buffer)
 
-    def _endpoint_set(self, peer: Peer) -> None:
+    # --- what peers report (PeerListener) ----------------------------------------------
+
+    def handshake_completed(self, peer: Peer, state: PeerState) -> None:
+        at = state.last_handshake if state.last_handshake is not None else time.time()
+        self._subscribers.emit(DeviceEvent("handshake_completed", at, peer.public_key))
+
+    def endpoint_changed(self, peer: Peer, endpoint: Endpoint | None) -> None:
         if self._handover is not None:
-            self._handover.endpoint_set(peer)
+            self._handover.endpoint_set(peer.id)
+        if endpoint is not None:
+            event = DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint)
+            self._subscribers.emit(event)
 
-    def _emit(self, event: DeviceEvent) -> None:
-        for ch in list(self._subscribers):
-            try:
-                ch.send_nowait(event)
-            except trio.WouldBlock:
-                pass
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self._subscribers.remove(ch)
+    def held(self, peer: Peer) -> None:
+        if self._handover is not None:
+            self._handover.unreachable(peer.id)
 
-    # --- handshakes -----------------------------------------------------
-
-    def _new_index(self, peer: Peer) -> int:
-        while True:
-            index = secrets.randbits(32)
-            if index not in self._indices:
-                self._indices[index] = peer
-                return index
-
-    def _forget_handshake(self, peer: Peer) -> None:
-        pending = peer.handshake.pending_index
-        if pending is not None and self._indices.get(pending) is peer:
-            del self._indices[pending]
-        peer.handshake.clear()
-
-    def _free_indices(self, indices: Sequence[int]) -> None:
-        for i in indices:
-            self._indices.pop(i, None)
-
-    def initiate_handshake(self, peer: Peer, *, is_retry: bool) -> None:
-        """Kernel `wg_packet_send_handshake_initiation`."""
-        now = trio.current_time()
-        if self._private_key is None:
-            return
-        if not peer.can_send_initiation(now):
-            self._schedule_retry(peer)
-            return
-        if self.datapath.endpoint(peer.id) is None:
-            return
-        self._forget_handshake(peer)
-        try:
-            message = peer.handshake.create_initiation(sender_index=self._new_index(peer))
-        except ProtocolError as e:
-            log.warning("%s: cannot create a handshake initiation for %s: %s", self.name, peer, e)
-            return
-        peer.last_sent_handshake = now
-        try:
-            self.datapath.send_handshake(peer.id, message)
-        except OSError as e:
-            log.debug("%s: sending initiation to %s failed: %s", self.name, peer, e)
-        peer.timers.handshake_initiated(now)
-        peer.poke()
-
-    def _schedule_retry(self, peer: Peer) -> None:
-        """A request that hit the REKEY_TIMEOUT limit is honoured once it passes."""
-        if peer.retry_scheduled or self._nursery is None:
-            return
-        peer.retry_scheduled = True
-
-        async def retry() -> None:
-            try:
-                assert peer.last_sent_handshake is not None
-                await trio.sleep_until(peer.last_sent_handshake + 5.0)
-            finally:
-                peer.retry_scheduled = False
-            if self._peers.get(peer.public_key) is peer and not self.datapath.has_sending_keypair(
-                peer.id
-            ):
-                if self.datapath.staged_count(peer.id):
-                    peer.timers.initiate_handshake(trio.current_time())
-
-        self._nursery.start_soon(retry)
-
-    def zero_key_material(self, peer: Peer) -> None:
-        self._free_indices(self.datapath.clear_keypairs(peer.id))
-        self._forget_handshake(peer)
-
-    def _under_load(self, backlog: int) -> bool:
-        now = trio.current_time()
-        if backlog >= MAX_QUEUED_INCOMING_HANDSHAKES // 8:
-            self._last_under_load = now
-            return True
-        return (
-            self._last_under_load is not None
-            and now - self._last_under_load < UNDER_LOAD_AFTER_TIME
-        )
-
-    def _handle_handshake_message(
-        self,
-        message: bytes,
-        source: Endpoint,
-        local: tuple[str, int] | None,
-        under_load: bool,
-    ) -> None:
-        checker = self._checker
-        if checker is None or self._private_key is None:
-            return
-        kind = message_type(message)
-        if kind in (1, 2):
-            if not checker.verify_mac1(message):
-                return
-            if under_load:
-                if not checker.verify_mac2(message, source):
-                    reply = checker.create_reply(message, source)
-                    with contextlib.suppress(OSError):
-                        self.datapath.send_to(source, reply, local)
-                    return
-                if not self._limiter.allow(ipaddress.ip_address(source[0]), trio.current_time()):
-                    return
-        if kind == 1:
-            self._consume_initiation(message, source, local)
-        elif kind == 2:
-            self._consume_response(message, source, local)
-        elif kind == 3:
-            peer = self._indices.get(receiver_index(message))
-            if peer is not None:
-                with contextlib.suppress(ProtocolError):
-                    peer.handshake.consume_cookie_reply(message)
-
-    def _set_endpoint_from(
-        self, peer: Peer, source: Endpoint, local: tuple[str, int] | None
-    ) -> None:
-        old = self.datapath.endpoint(peer.id)
-        self.datapath.set_endpoint(peer.id, source, local)
-        if old is None or (old[0], old[1]) != source:
-            self._endpoint_set(peer)
-            self._emit(DeviceEvent("endpoint_changed", time.time(), peer.public_key, source))
-
-    def _consume_initiation(
-        self, message: bytes, source: Endpoint, local: tuple[str, int] | None
-    ) -> None:
-        assert self._private_key is not None
-        try:
-            initiation = open_initiation(self._private_key, message)
-        except ProtocolError:
-            return
-        peer = self._peers.get(initiation.peer_public_key)
-        if peer is None:
-            return
-        self._forget_handshake(peer)
-        try:
-            response, session = peer.handshake.respond(
-                initiation, sender_index=self._new_index(peer)
-            )
-        except ProtocolError as e:
-            self._forget_handshake(peer)
-            log.debug("%s: initiation from %s rejected: %s", self.name, peer, e)
-            return
-        now = trio.current_time()
-        self._set_endpoint_from(peer, source, local)
-        self.datapath.note_handshake_received(peer.id, len(message))
-        self._free_indices(self.datapath.install_keypair(peer.id, session))
-        peer.last_sent_handshake = now
-        with contextlib.suppress(OSError):
-            self.datapath.send_handshake(peer.id, response)
-        peer.timers.session_derived(now)
-        peer.poke()
-
-    def _consume_response(
-        self, message: bytes, source: Endpoint, local: tuple[str, int] | None
-    ) -> None:
-        peer = self._indices.get(receiver_index(message))
-        if peer is None or peer.handshake.pending_index != receiver_index(message):
-            return
-        try:
-            session = peer.handshake.consume_response(message)
-        except ProtocolError as e:
-            log.debug("%s: response from %s rejected: %s", self.name, peer, e)
-            return
-        now = trio.current_time()
-        self._set_endpoint_from(peer, source, local)
-        self.datapath.note_handshake_received(peer.id, len(message))
-        self._free_indices(self.datapath.install_keypair(peer.id, session))
-        peer.timers.session_derived(now)
-        self._handshake_complete(peer, now)
-        # Staged packets, or else a keepalive, confirm the key to the responder.
-        self.datapath.send_keepalive(peer.id)
-        peer.poke()
-
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
-        peer.timers.handshake_complete(now)
-        peer.last_handshake = time.time()
-        self.datapath.handshake_request_done(peer.id)
-        self._emit(DeviceEvent("handshake_completed", peer.last_handshake, peer.public_key))
-
-    async def _follow_mtu(self) -> None:
-        """Keeps the data plane's padding cap equal to the interface's MTU.
-
-        The TUN interface may be moved to another namespace, where it can no
-        longer be seen from here; the data plane then still raises its MTU
-        from the sizes of the packets it reads.
-        """
-        while True:
-            await trio.sleep(MTU_POLL_INTERVAL)
-            mtu = await trio.to_thread.run_sync(self.tun.mtu)
-            if mtu is not None and mtu != self.datapath.mtu:
-                self.datapath.set_mtu(mtu)
-                self._mtu = mtu
-
-    # --- the data plane's events -----------------------------------------
+    # --- the data plane's events -----------------------------------------------------
 
     async def _event_loop(self) -> None:
         dp = self.datapath
         while True:
             await trio.lowlevel.wait_readable(dp.event_fd)
-            events = dp.take_events()
-            backlog = dp.handshake_backlog + sum(1 for e in events if e[0] == "handshake")
-            under_load = self._under_load(backlog)
-            for event in events:
-                try:
-                    self._dispatch(event, under_load)
-                except ProtocolError:
-                    continue
+            for event in dp.take_events(EVENT_BATCH):
+                self._dispatch(event)
             await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, event: DatapathEvent, under_load: bool) -> None:
+    def _dispatch(self, event: tuple[str, int | str]) -> None:
         match event:
-            case ("handshake", message, source, local):
-                self._handle_handshake_message(message, source, local, under_load)
-            case ("tun_closed", error):
+            case ("peer", int(peer_id)):
+                if peer := self._by_id.get(peer_id):
+                    peer.poke()
+            case ("tun_closed", str(error)):
                 log.info("%s: TUN device closed: %s", self.name, error)
-                self._emit(DeviceEvent("tun_closed", time.time(), detail=error))
+                self._subscribers.emit(DeviceEvent("tun_closed", time.time(), detail=error))
                 self.tun_gone.set()
-            case ("socket_error", error):
+            case ("socket_error", str(error)):
                 log.warning("%s: UDP socket error: %s", self.name, error)
-            case ("notice", message):
+            case ("notice", str(message)):
                 log.info("%s: %s", self.name, message)
-            case ("need_handshake", peer_id, reason):
-                if peer := self._by_id.get(peer_id):
-                    now = trio.current_time()
-                    peer.reconcile(now)
-                    if reason == "rekey_on_receive":
-                        peer.timers.rekey_on_receive(now)
-                    else:
-                        peer.timers.initiate_handshake(now)
-            case ("key_confirmed", peer_id):
-                if peer := self._by_id.get(peer_id):
-                    self._handshake_complete(peer, trio.current_time())
-                    peer.poke()
-            case ("endpoint", peer_id, endpoint):
-                if peer := self._by_id.get(peer_id):
-                    self._endpoint_set(peer)
-                    self._emit(
-                        DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint)
-                    )
-            case ("activity", peer_id):
-                if peer := self._by_id.get(peer_id):
-                    peer.poke()
-            case ("unreachable", peer_id):
-                if (peer := self._by_id.get(peer_id)) and self._handover is not None:
-                    self._handover.unreachable(peer)
 
     # --- UAPI support ---
-    # Used by wgpy.uapi. update_peer cannot clear a preshared key (None means
-    # "unchanged"), and ipaddress objects cost about 6 µs each, so the text
-    # variants below keep `wg setconf`/`wg showconf` of 100,000s of allowed
-    # IPs at well under a second.
+    # Used by wgpy.changes. update_peer cannot clear a preshared key (None
+    # means "unchanged"), and ipaddress objects cost about 6 µs each, so the
+    # text variants below keep `wg setconf`/`wg showconf` of 100,000s of
+    # allowed IPs at well under a second.
 
     def clear_preshared_key(self, public_key: PublicKey) -> None:
         """Removes a peer's preshared key (UAPI `preshared_key=` all zeros)."""
         peer = self._peers[public_key]
         peer.preshared_key = None
-        peer.handshake.set_preshared_key(None)
+        self.datapath.set_preshared_key(peer.id, None)
 
     def add_allowed_ip_prefixes(self, peer: Peer, prefixes: Iterable[tuple[str, int]]) -> None:
         """`add_allowed_ip` for many (address text, prefix length) pairs; the

@@ -1,32 +1,33 @@
-"""One configured peer: its handshake, its timers, and what it told us.
+"""One configured peer, as the control plane sees it.
 
-The data plane holds the peer's keypairs, endpoint and counters; this object
-holds the decisions: when to initiate (at most one initiation per
-REKEY_TIMEOUT), what the timers do when they fire, and the activity
-timestamps already replayed into the timers.
+- Configuration, owned here: the public key, the preshared key, the
+  persistent keepalive interval. The data plane takes a copy of the keys when
+  they are set (the preshared key takes effect at the next handshake).
+- Everything that changes with packets is owned by the data plane (Rust):
+  endpoint, keypairs, handshake state, counters. `stats` reads it; nothing
+  here mirrors it.
+- The peer's timers (wgpy.timers) run in the peer's own task and cancel
+  scope; their actions are requests to the data plane, none of which waits
+  on a socket.
+- What the peer notices while replaying (a handshake completed, a new
+  endpoint, its packets held for lack of a path) goes to a listener (the
+  device), which turns it into events; at most one report per read, however
+  many packets caused it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-from wgpy._core import Handshake, PresharedKey, PublicKey
-from wgpy.constants import REKEY_TIMEOUT
-from wgpy.timers import PeerTimers
-
-if TYPE_CHECKING:
-    from wgpy.device import Device
+from wgpy._core import Datapath, PeerState, PresharedKey, PublicKey
+from wgpy.timers import ActivityReplay, PeerTimers, run_timers
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# How often a busy peer's activity is re-read (seconds).
-ACTIVITY_POLL = 1.0
+Endpoint = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PeerStats:
     """What `wg show` reports for a peer."""
 
     public_key: PublicKey
-    endpoint: tuple[str, int] | None
+    endpoint: Endpoint | None
     allowed_ips: list[IPNetwork]
     last_handshake: float | None
     rx_bytes: int
@@ -44,162 +45,117 @@ class PeerStats:
     invalid_source_packets: int
 
 
-@dataclass
-class _Seen:
-    """Activity values (data-plane monotonic seconds) already given to the timers."""
+class PeerListener(Protocol):
+    """What a peer reports to its device."""
 
-    last_tx_auth: float = 0.0
-    last_rx_auth: float = 0.0
-    first_tx_data: float = 0.0
-    first_rx_data: float = 0.0
-    last_rx_data: float = 0.0
-    last_tx_data: float = 0.0
-    bytes: tuple[int, int] = (0, 0)
+    def handshake_completed(self, peer: Peer, state: PeerState) -> None: ...
+
+    def endpoint_changed(self, peer: Peer, endpoint: Endpoint | None) -> None: ...
+
+    def held(self, peer: Peer) -> None: ...
 
 
-@dataclass
 class Peer:
-    device: Device
-    id: int
-    public_key: PublicKey
-    handshake: Handshake
-    preshared_key: PresharedKey | None = None
-    persistent_keepalive: int = 0
-    timers: PeerTimers = field(init=False)
-    last_handshake: float | None = None
-    last_sent_handshake: float | None = None
-    seen: _Seen = field(default_factory=_Seen)
-    wake: trio.Event = field(default_factory=trio.Event)
-    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    retry_scheduled: bool = False
+    """A peer of a running device; made by `Device.add_peer`."""
 
-    def __post_init__(self) -> None:
-        self.timers = PeerTimers(self, persistent_keepalive=self.persistent_keepalive)
+    def __init__(
+        self,
+        datapath: Datapath,
+        listener: PeerListener,
+        peer_id: int,
+        public_key: PublicKey,
+        preshared_key: PresharedKey | None,
+    ) -> None:
+        self.id = peer_id
+        self.public_key = public_key
+        self.preshared_key = preshared_key
+        self._dp = datapath
+        self._listener = listener
+        self.timers = PeerTimers(self)
+        self._replay = ActivityReplay(self.timers)
+        self._endpoint: Endpoint | None = None
+        self._held = False
+        self.cancel_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"Peer({self.public_key.to_base64()})"
 
-    # --- what the timers ask for (TimerActions) -------------------------
+    @property
+    def persistent_keepalive(self) -> int:
+        return self.timers.persistent_keepalive_interval
 
-    def send_keepalive(self) -> None:
-        self.device.datapath.send_keepalive(self.id)
-        self.poke()
+    @property
+    def removed(self) -> bool:
+        return self.timers.stopped
 
-    def send_handshake_initiation(self, *, is_retry: bool) -> None:
-        self.device.initiate_handshake(self, is_retry=is_retry)
+    # --- the task ----------------------------------------------------------------------
 
-    def clear_endpoint_source(self) -> None:
-        self.device.datapath.clear_endpoint_source(self.id)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The peer's timers, until it is removed (its cancel scope is cancelled)."""
+        with self.cancel_scope:
+            await run_timers(self.timers, source=self, task_status=task_status)
 
-    def purge_staged_packets(self) -> None:
-        self.device.datapath.purge_staged(self.id)
-        self.device.datapath.handshake_request_done(self.id)
-
-    def zero_key_material(self) -> None:
-        self.device.zero_key_material(self)
-
-    # --------------------------------------------------------------------
+    def remove(self) -> None:
+        """Stops the timers and the task; the device removes the data-plane side."""
+        self.timers.stop()
+        self.cancel_scope.cancel()
 
     def poke(self) -> None:
-        """Wakes the peer's timer task to re-read the data plane's activity."""
-        self.wake.set()
+        """The data plane has news about this peer (its "peer" event)."""
+        self.timers.wake()
 
-    def can_send_initiation(self, now: float) -> bool:
-        """At most one initiation per REKEY_TIMEOUT (kernel `last_sent_handshake`)."""
-        return self.last_sent_handshake is None or now - self.last_sent_handshake >= REKEY_TIMEOUT
+    # --- ActivitySource ----------------------------------------------------------------
 
-    def reconcile(self, now: float) -> bool:
-        """Replays the data plane's activity into the timers, in time order;
-        returns whether any authenticated packet went either way since the last call."""
-        (tx, rx, last_tx, last_rx, first_tx, first_rx, last_rx_data, last_tx_data, _inv) = (
-            self.device.datapath.activity(self.id)
-        )
-        changed = (tx, rx) != self.seen.bytes
-        self.seen.bytes = (tx, rx)
-        offset = now - time.monotonic()
-        events: list[tuple[float, int, str]] = []
-        s = self.seen
-        if last_tx > s.last_tx_auth:
-            events.append((last_tx, 0, "sent"))
-        if last_rx > s.last_rx_auth:
-            events.append((last_rx, 0, "received"))
-        if first_tx and first_tx != s.first_tx_data:
-            events.append((first_tx, 1, "data_sent"))
-        if first_rx and first_rx != s.first_rx_data:
-            events.append((first_rx, 1, "data_received"))
-        if first_tx and last_tx_data > max(first_tx, s.last_tx_data):
-            # Re-arms new_handshake if it fired while sends went on unanswered.
-            events.append((last_tx_data, 2, "data_sent"))
-        if first_rx and last_rx_data > max(first_rx, s.last_rx_data):
-            # More data arrived while the passive keepalive was pending.
-            events.append((last_rx_data, 2, "data_received"))
-        s.last_tx_auth, s.last_rx_auth = max(s.last_tx_auth, last_tx), max(s.last_rx_auth, last_rx)
-        s.first_tx_data, s.first_rx_data = first_tx, first_rx
-        s.last_rx_data = max(s.last_rx_data, last_rx_data)
-        s.last_tx_data = max(s.last_tx_data, last_tx_data)
-        for at, _, kind in sorted(events):
-            t = at + offset
-            if kind == "sent":
-                self.timers.any_authenticated_packet_traversal(t)
-                self.timers.any_authenticated_packet_sent(t)
-            elif kind == "received":
-                self.timers.any_authenticated_packet_received(t)
-                self.timers.any_authenticated_packet_traversal(t)
-            elif kind == "data_sent":
-                self.timers.data_sent(t)
-            else:
-                self.timers.data_received(t)
-        return changed
+    def replay(self, now: float) -> bool:
+        state = self._dp.peer_state(self.id)
+        moved, completed = self._replay.replay(state)
+        if completed:
+            self._listener.handshake_completed(self, state)
+        if state.endpoint != self._endpoint:
+            self._endpoint = state.endpoint
+            self._listener.endpoint_changed(self, state.endpoint)
+        if state.held and not self._held:
+            self._listener.held(self)
+        self._held = state.held
+        return moved
 
-    async def run_timers(self) -> None:
-        """The peer's timer task: sleep to the next deadline or a poke, then act.
+    def watch(self, on: bool) -> None:
+        self._dp.watch_activity(self.id, on)
 
-        While packets flow it re-reads the data plane's activity every
-        ACTIVITY_POLL seconds (timers armed by packets are at least 10 s out,
-        and the timestamps are exact, so this loses no precision); once a read
-        finds nothing new it stops, and the data plane wakes it at the next
-        packet.
-        """
-        dp = self.device.datapath
-        with self.cancel_scope:
-            # A peer removed before this task first ran is gone from the data plane.
-            await trio.lowlevel.checkpoint()
-            while True:
-                now = trio.current_time()
-                active = self.reconcile(now)
-                self.timers.fire_due(now)
-                active |= self.reconcile(trio.current_time())
-                if not active:
-                    dp.watch_activity(self.id, False)
-                    # A packet between the read and the unwatch woke nobody.
-                    if self.reconcile(trio.current_time()):
-                        dp.watch_activity(self.id, True)
-                        active = True
-                deadline = self.timers.next_deadline()
-                wake_at = deadline if deadline is not None else math.inf
-                if active:
-                    wake_at = min(wake_at, now + ACTIVITY_POLL)
-                with trio.move_on_at(wake_at):
-                    await self.wake.wait()
-                self.wake = trio.Event()
+    # --- TimerActions: requests to the data plane ----------------------------------------
+
+    def send_keepalive(self) -> None:
+        self._dp.send_keepalive(self.id)
+
+    def send_handshake_initiation(self, *, is_retry: bool) -> None:
+        self._dp.request_handshake(self.id, retry=is_retry)
+
+    def clear_endpoint_source(self) -> None:
+        self._dp.clear_endpoint_source(self.id)
+
+    def purge_staged_packets(self) -> None:
+        self._dp.purge_staged(self.id)
+
+    def zero_key_material(self) -> None:
+        self._dp.erase_keys(self.id)
+
+    # --- what `wg show` reports --------------------------------------------------------
 
     def stats(self, *, include_allowed_ips: bool = True) -> PeerStats:
-        dp = self.device.datapath
-        tx, rx, *_times, invalid = dp.activity(self.id)
-        endpoint = dp.endpoint(self.id)
+        state = self._dp.peer_state(self.id)
         nets = (
-            [ipaddress.ip_network(f"{ip}/{cidr}") for ip, cidr in dp.allowed_ips(self.id)]
+            [ipaddress.ip_network(f"{ip}/{cidr}") for ip, cidr in self._dp.allowed_ips(self.id)]
             if include_allowed_ips
             else []
         )
         return PeerStats(
             public_key=self.public_key,
-            endpoint=(str(endpoint[0]), int(endpoint[1])) if endpoint else None,
+            endpoint=state.endpoint,
             allowed_ips=nets,
-            last_handshake=self.last_handshake,
-            rx_bytes=rx,
-            tx_bytes=tx,
+            last_handshake=state.last_handshake,
+            rx_bytes=state.rx_bytes,
+            tx_bytes=state.tx_bytes,
             persistent_keepalive=self.persistent_keepalive,
             has_preshared_key=self.preshared_key is not None,
-            invalid_source_packets=invalid,
+            invalid_source_packets=state.invalid_source_packets,
         )

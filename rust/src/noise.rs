@@ -12,7 +12,8 @@
 //! - A response is consumed only by the handshake that sent the initiation
 //!   it answers (state and receiver index both match).
 //! - Transport keys: (T1, T2) = KDF2(C, ""); the initiator sends with T1.
-//! - Sender indices are random 32-bit values; the caller keeps them unique.
+//! - Sender indices are random 32-bit values; the caller keeps them unique
+//!   (the data plane's index table allocates them, `create_*_at`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +169,11 @@ enum State {
 }
 
 /// The handshake state with one peer.
+///
+/// What survives a change of our own static key (`set_identity`, kernel
+/// `wg_noise_precompute_static_static`): the newest timestamp accepted and
+/// the time of the last initiation consumed, so a replay stays a replay; the
+/// cookie from the peer. What does not: the handshake in progress.
 pub struct Handshake {
     identity: Arc<Identity>,
     remote: PublicKey,
@@ -206,6 +212,14 @@ impl Handshake {
         self.remote
     }
 
+    /// Our static key changed: the static-static secret is recomputed and
+    /// any handshake in progress forgotten; the replay and flood state stays.
+    pub fn set_identity(&mut self, identity: Arc<Identity>) {
+        self.static_static = identity.private.dh(&self.remote).ok();
+        self.identity = identity;
+        self.clear();
+    }
+
     pub fn local_public_key(&self) -> PublicKey {
         self.identity.public
     }
@@ -238,8 +252,13 @@ impl Handshake {
 
     /// A new initiation with a fresh ephemeral key, timestamp and random index.
     pub fn create_initiation(&mut self) -> Result<[u8; INITIATION_LEN]> {
+        self.create_initiation_at(random_index())
+    }
+
+    /// A new initiation naming `local_index` (allocated by the caller's index table).
+    pub fn create_initiation_at(&mut self, local_index: u32) -> Result<[u8; INITIATION_LEN]> {
         let ts = Tai64N::from_unix(self.clock.unix_time());
-        self.create_initiation_with(PrivateKey::generate(), random_index(), ts)
+        self.create_initiation_with(PrivateKey::generate(), local_index, ts)
     }
 
     /// `create_initiation` with chosen inputs, for known-answer tests.
@@ -321,7 +340,15 @@ impl Handshake {
     /// The response to the consumed initiation, and the new keypair (which
     /// the caller must not send with until the initiator has used it).
     pub fn create_response(&mut self) -> Result<([u8; RESPONSE_LEN], Keypair)> {
-        self.create_response_with(PrivateKey::generate(), random_index())
+        self.create_response_at(random_index())
+    }
+
+    /// `create_response` naming `local_index` (allocated by the caller's index table).
+    pub fn create_response_at(
+        &mut self,
+        local_index: u32,
+    ) -> Result<([u8; RESPONSE_LEN], Keypair)> {
+        self.create_response_with(PrivateKey::generate(), local_index)
     }
 
     /// `create_response` with chosen inputs, for known-answer tests.
@@ -495,6 +522,37 @@ mod tests {
             p.resp.consume_initiation(&again).err(),
             Some(Error::ReplayedTimestamp)
         );
+    }
+
+    #[test]
+    fn a_new_identity_keeps_the_replay_state() {
+        let mut p = pair(None);
+        let m1 = p.init.create_initiation().expect("initiation");
+        p.resp
+            .consume_initiation(&p.resp_identity.open_initiation(&m1).expect("open"))
+            .expect("consume");
+        let ours = Arc::new(Identity::new(PrivateKey::generate()));
+        p.resp.set_identity(ours.clone());
+        assert!(p.resp.pending_index().is_none());
+        let clock: Arc<dyn Clock> = p.clock.clone();
+        let mut init = Handshake::new(p.init.identity.clone(), ours.public_key(), None, clock);
+        // Past the flood rule, but the wall clock shows the same time.
+        p.clock.advance(Duration::from_secs(1));
+        p.clock.set_unix_time(Duration::from_secs(1_700_000_000));
+        let same_time = init.create_initiation().expect("initiation");
+        assert_eq!(
+            p.resp
+                .consume_initiation(&ours.open_initiation(&same_time).expect("open"))
+                .err(),
+            Some(Error::ReplayedTimestamp),
+            "the newest timestamp survives the key change"
+        );
+        p.clock.set_unix_time(Duration::from_secs(1_700_000_001));
+        let later = init.create_initiation().expect("initiation");
+        p.resp
+            .consume_initiation(&ours.open_initiation(&later).expect("open"))
+            .expect("a newer one is accepted");
+        assert!(p.resp.create_response().is_ok());
     }
 
     #[test]

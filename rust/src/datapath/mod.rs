@@ -1,55 +1,86 @@
 //! The data plane: moves packets between the TUN device and the UDP sockets
-//! in native threads, never calling into Python per packet.
+//! and runs the handshakes, in native threads, never calling into Python.
 //!
-//! - TUN -> longest-prefix match on the destination -> the peer's current
-//!   keypair -> UDP to its endpoint (from its sticky source address). No
-//!   usable keypair: stage the packets and ask for a handshake.
-//! - UDP -> handshake messages to the control plane; transport messages ->
-//!   keypair by receiver index -> decrypt (replay window after the tag) ->
-//!   roam the endpoint -> key confirmation -> the inner source must route
-//!   back to the same peer (longest-prefix match) -> TUN.
-//! - A send from a vanished source address (ENETUNREACH, EINVAL,
-//!   EADDRNOTAVAIL) forgets that source and is retried at once from the
-//!   routing table's choice.
-//! - When no path exists at all, a peer's packets can be held (staged) until
-//!   the control plane sees a path return (hold.rs); after a path change the
-//!   control plane can pin the new source address (pin.rs).
-//! - The control plane owns every decision: peers, keypairs, endpoints and
-//!   allowed IPs are installed through this API, and it learns what happened
-//!   through the event queue and the per-peer activity counters.
+//! Threads (thread.rs: a thread that panics takes the process down):
+//! - `wgpy-tun` (tx.rs): TUN -> longest-prefix match on the destination ->
+//!   the peer's current keypair -> UDP to its endpoint, from its sticky
+//!   source address. No usable keypair: stage the packets and ask for an
+//!   initiation.
+//! - `wgpy-udpN` (rx.rs), one per socket: handshake messages (mac1 checked)
+//!   to the handshake thread; transport messages -> keypair by receiver
+//!   index -> decrypt (replay window after the tag) -> roam the endpoint ->
+//!   key confirmation -> the inner source must route back to the same peer
+//!   (longest-prefix match) -> TUN.
+//! - `wgpy-handshake` (handshake.rs): consumes initiations, responses and
+//!   cookie replies, answers them, sends initiations on request, and makes
+//!   the control plane's sends (keepalives, staged packets).
+//!
+//! Who owns what (one owner each):
+//! - Here: receiver indices (index.rs), keypairs (keypairs.rs), handshake
+//!   state, endpoints and sticky sources (endpoint.rs), staged packets and
+//!   holding (staged.rs, hold.rs), the handshake rate and "wants a
+//!   handshake" (peer.rs), packet and handshake activity (activity.rs),
+//!   device counters (stats.rs).
+//! - The control plane (Python): the configuration (peers, their keys and
+//!   allowed IPs, the private key, the MTU it follows) and the timers. It
+//!   reads the activity to drive them and asks for keepalives, initiations,
+//!   purges and key erasure; it is told, through the event queue
+//!   (events.rs), when to read a peer again.
+//!
+//! Send errors: a send from a vanished source address (ENETUNREACH, EINVAL,
+//! EADDRNOTAVAIL) forgets that source and is retried at once from the
+//! routing table's choice; a send that finds no path at all can hold the
+//! peer's packets (hold.rs); a full socket buffer is waited for at most
+//! tx::SEND_PATIENCE. Locks follow one rule (sync.rs).
 
+mod activity;
+mod endpoint;
+mod error;
 mod events;
+mod handshake;
 mod hold;
+mod index;
+mod keypairs;
 pub mod offload;
 mod peer;
-mod pin;
 pub mod pool;
 mod rx;
+mod staged;
+mod stats;
+mod sync;
 mod sys;
+mod thread;
 mod tx;
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 
-pub use events::{Event, HandshakeReason, MAX_QUEUED_HANDSHAKES};
-pub use peer::{ActivitySnapshot, Endpoint, MAX_STAGED};
+pub use activity::ActivitySnapshot;
+pub use endpoint::{Endpoint, Source};
+pub use error::DatapathError;
+pub use events::Event;
+pub use handshake::{MAX_QUEUED_HANDSHAKES, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_QUEUE_LENGTH};
+pub use staged::MAX_STAGED;
+pub use stats::DeviceStats;
+pub use thread::TEST_PANIC_ENV;
 
 use crate::allowedips::AllowedIps;
-use crate::clock::monotonic_now;
-use crate::session::Keypair;
+use crate::clock::{monotonic_now, Clock, SystemClock};
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::noise::{Handshake, Identity};
 use events::EventQueue;
+use handshake::{DeviceIdentity, Handshakes};
+use index::IndexTable;
 use peer::Peer;
-use sys::EventFd;
+use stats::DeviceCounters;
+use sync::{lock, read, write};
+use thread::Worker;
 
 pub type PeerId = u64;
-
-/// Local receiver index -> the keypair it names and its peer.
-type IndexTable = HashMap<u32, (Arc<Peer>, Arc<Keypair>)>;
+type Result<T> = std::result::Result<T, DatapathError>;
 
 /// Largest datagram or TUN packet handled (an IPv4/IPv6 packet of MTU 65535
 /// plus the transport overhead).
@@ -82,13 +113,6 @@ pub(crate) fn now_ns() -> u64 {
     u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX)
 }
 
-#[derive(Default)]
-pub struct DeviceCounters {
-    pub rx_dropped: AtomicU64,
-    pub tx_dropped: AtomicU64,
-    pub tx_no_route: AtomicU64,
-}
-
 /// A UDP socket of the device and whether UDP GSO still works on it.
 pub(crate) struct UdpSocket {
     fd: OwnedFd,
@@ -104,8 +128,13 @@ struct Sockets {
 
 pub(crate) struct Shared {
     peers: RwLock<HashMap<PeerId, Arc<Peer>>>,
+    by_key: RwLock<HashMap<PublicKey, Arc<Peer>>>,
     indices: RwLock<IndexTable>,
     allowed: RwLock<AllowedIps<PeerId>>,
+    handshakes: Handshakes,
+    /// Stands in for our identity in peers' handshakes while we have no
+    /// private key; never used, since nothing is sent or accepted then.
+    placeholder: Arc<Identity>,
     events: EventQueue,
     mtu: AtomicUsize,
     tun: OwnedFd,
@@ -120,35 +149,72 @@ pub(crate) struct Shared {
     pool: pool::CryptoPool,
 }
 
-struct Worker {
-    stop: Arc<EventFd>,
-    handle: JoinHandle<()>,
+impl Shared {
+    fn peer(&self, id: PeerId) -> Result<Arc<Peer>> {
+        read(&self.peers)
+            .get(&id)
+            .cloned()
+            .ok_or(DatapathError::UnknownPeer(id))
+    }
+
+    fn peer_by_key(&self, key: &PublicKey) -> Option<Arc<Peer>> {
+        read(&self.by_key).get(key).cloned()
+    }
+
+    fn all_peers(&self) -> Vec<Arc<Peer>> {
+        read(&self.peers).values().cloned().collect()
+    }
+
+    fn socket_for(&self, dst: &SocketAddr) -> Option<Arc<UdpSocket>> {
+        let s = read(&self.sockets);
+        match dst {
+            SocketAddr::V4(_) => s.v4.clone(),
+            SocketAddr::V6(_) => s.v6.clone(),
+        }
+    }
+
+    fn tun_fd(&self) -> RawFd {
+        self.tun.as_raw_fd()
+    }
+
+    /// Our identity as peers' handshakes hold it.
+    fn peer_identity(&self) -> Arc<Identity> {
+        self.handshakes
+            .identity()
+            .map_or_else(|| self.placeholder.clone(), |d| d.identity.clone())
+    }
+
+    /// Forgets the handshake in progress and its index.
+    fn clear_handshake(&self, peer: &Peer) {
+        let mut hs = peer.handshake();
+        let pending = hs.pending_index();
+        hs.clear();
+        write(&self.indices).free(pending);
+    }
 }
 
-impl Worker {
-    fn spawn(name: &str, f: impl FnOnce(Arc<EventFd>) + Send + 'static) -> io::Result<Self> {
-        let stop = Arc::new(EventFd::new()?);
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || f(s))?;
-        Ok(Self { stop, handle })
-    }
+/// Everything the control plane reads about one peer.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSnapshot {
+    pub activity: ActivitySnapshot,
+    pub endpoint: Option<Endpoint>,
+    pub source_pinned: bool,
+    pub held: bool,
+    pub staged: usize,
+    /// A keypair can send now.
+    pub can_send: bool,
+}
 
-    fn stop(self) {
-        self.stop.signal();
-        let _ = self.handle.join();
-    }
+#[derive(Default)]
+struct Threads {
+    tun: Option<Worker>,
+    handshake: Option<Worker>,
+    rx: Vec<Worker>,
 }
 
 pub struct Datapath {
     shared: Arc<Shared>,
-    tun_worker: Mutex<Option<Worker>>,
-    rx_workers: Mutex<Vec<Worker>>,
-}
-
-fn lock_err() -> io::Error {
-    io::Error::other("data plane lock poisoned")
+    threads: Mutex<Threads>,
 }
 
 impl Datapath {
@@ -157,7 +223,7 @@ impl Datapath {
     /// read and write carries a virtio-net header (and reads may be GSO
     /// packets). `udp_offload`: the device also accepted UDP segmentation
     /// offload (TUN_F_USO4/6), so datagrams may be coalesced on writes.
-    pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> io::Result<Self> {
+    pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> Result<Self> {
         let tun = sys::dup(tun_fd)?;
         sys::set_nonblocking(tun.as_fd())?;
         let (pool, notice) = pool::CryptoPool::from_env("wgpy-crypto");
@@ -168,8 +234,11 @@ impl Datapath {
         Ok(Self {
             shared: Arc::new(Shared {
                 peers: RwLock::new(HashMap::new()),
-                indices: RwLock::new(HashMap::new()),
+                by_key: RwLock::new(HashMap::new()),
+                indices: RwLock::new(IndexTable::default()),
                 allowed: RwLock::new(AllowedIps::new()),
+                handshakes: Handshakes::new()?,
+                placeholder: Arc::new(Identity::new(PrivateKey::generate())),
                 events,
                 mtu: AtomicUsize::new(mtu),
                 tun,
@@ -180,18 +249,22 @@ impl Datapath {
                 udp_offload: vnet_hdr && udp_offload,
                 pool,
             }),
-            tun_worker: Mutex::new(None),
-            rx_workers: Mutex::new(Vec::new()),
+            threads: Mutex::new(Threads::default()),
         })
     }
 
-    /// Starts moving packets from the TUN device.
-    pub fn start(&self) -> io::Result<()> {
-        let mut w = self.tun_worker.lock().map_err(|_| lock_err())?;
-        if w.is_none() {
+    /// Starts the TUN and handshake threads (the receive threads start with
+    /// their sockets).
+    pub fn start(&self) -> Result<()> {
+        let mut threads = lock(&self.threads);
+        if threads.tun.is_none() {
             let shared = self.shared.clone();
-            *w = Some(Worker::spawn("wgpy-tun", move |stop| {
-                tx::tun_loop(&shared, &stop)
+            threads.handshake = Some(Worker::spawn("wgpy-handshake", move |stop, faults| {
+                handshake::handshake_loop(&shared, stop, faults)
+            })?);
+            let shared = self.shared.clone();
+            threads.tun = Some(Worker::spawn("wgpy-tun", move |stop, faults| {
+                tx::tun_loop(&shared, stop, faults)
             })?);
         }
         Ok(())
@@ -199,71 +272,71 @@ impl Datapath {
 
     /// Stops every thread and waits for them.
     pub fn stop(&self) {
-        if let Ok(mut w) = self.tun_worker.lock() {
-            if let Some(w) = w.take() {
-                w.stop();
-            }
-        }
-        if let Ok(mut ws) = self.rx_workers.lock() {
-            for w in ws.drain(..) {
-                w.stop();
-            }
+        let mut threads = lock(&self.threads);
+        let all = [threads.tun.take(), threads.handshake.take()];
+        for w in all.into_iter().flatten().chain(threads.rx.drain(..)) {
+            w.stop();
         }
     }
 
     /// Replaces the UDP sockets (copies of the caller's descriptors): the
     /// receive threads of the old ones stop first.
-    pub fn set_sockets(&self, fds: &[RawFd]) -> io::Result<()> {
+    pub fn set_sockets(&self, fds: &[RawFd]) -> Result<()> {
         let mut new = Sockets::default();
         for &fd in fds {
-            let owned = sys::dup(fd)?;
-            let family = sys::socket_family(owned.as_fd())?;
-            match family {
-                libc::AF_INET => {
-                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?
-                }
-                libc::AF_INET6 => {
-                    sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?
-                }
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("not an IP socket (family {other})"),
-                    ))
-                }
-            }
-            // Coalesced receive (UDP GRO) is an optimisation: without it every
-            // datagram simply arrives on its own.
-            let gro = sys::set_int_opt(owned.as_fd(), libc::SOL_UDP, sys::UDP_GRO, 1).is_ok();
-            if !gro {
-                self.shared.events.push(Event::Notice {
-                    message: "UDP GRO refused by the kernel; receiving datagrams one by one".into(),
-                });
-            }
-            let sock = Arc::new(UdpSocket {
-                fd: owned,
-                gso: AtomicBool::new(true),
-                gro,
-            });
+            let (family, sock) = self.udp_socket(fd)?;
             if family == libc::AF_INET {
                 new.v4 = Some(sock);
             } else {
                 new.v6 = Some(sock);
             }
         }
-        let mut workers = self.rx_workers.lock().map_err(|_| lock_err())?;
-        for w in workers.drain(..) {
+        let mut threads = lock(&self.threads);
+        for w in threads.rx.drain(..) {
             w.stop();
         }
         let to_start: Vec<Arc<UdpSocket>> = new.v4.iter().chain(new.v6.iter()).cloned().collect();
-        *self.shared.sockets.write().map_err(|_| lock_err())? = new;
+        *write(&self.shared.sockets) = new;
         for (i, sock) in to_start.into_iter().enumerate() {
             let shared = self.shared.clone();
-            workers.push(Worker::spawn(&format!("wgpy-udp{i}"), move |stop| {
-                rx::udp_loop(&shared, &sock, &stop)
-            })?);
+            threads.rx.push(Worker::spawn(
+                &format!("wgpy-udp{i}"),
+                move |stop, faults| rx::udp_loop(&shared, &sock, stop, faults),
+            )?);
         }
         Ok(())
+    }
+
+    fn udp_socket(&self, fd: RawFd) -> Result<(libc::c_int, Arc<UdpSocket>)> {
+        let owned = sys::dup(fd)?;
+        let family = sys::socket_family(owned.as_fd())?;
+        match family {
+            libc::AF_INET => {
+                sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?
+            }
+            libc::AF_INET6 => {
+                sys::set_int_opt(owned.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?
+            }
+            other => {
+                return Err(DatapathError::InvalidArgument(format!(
+                    "not an IP socket (family {other})"
+                )))
+            }
+        }
+        // Coalesced receive (UDP GRO) is an optimisation: without it every
+        // datagram simply arrives on its own.
+        let gro = sys::set_int_opt(owned.as_fd(), libc::SOL_UDP, sys::UDP_GRO, 1).is_ok();
+        if !gro {
+            self.shared.events.push(Event::Notice {
+                message: "UDP GRO refused by the kernel; receiving datagrams one by one".into(),
+            });
+        }
+        let sock = UdpSocket {
+            fd: owned,
+            gso: AtomicBool::new(true),
+            gro,
+        };
+        Ok((family, Arc::new(sock)))
     }
 
     /// Helper threads sealing and opening large batches besides the I/O threads.
@@ -271,6 +344,8 @@ impl Datapath {
         self.shared.pool.helpers()
     }
 
+    /// The interface's MTU, which padding never exceeds (the control plane
+    /// follows the interface).
     pub fn set_mtu(&self, mtu: usize) {
         self.shared.mtu.store(mtu, Ordering::Relaxed);
     }
@@ -283,257 +358,243 @@ impl Datapath {
         self.shared.events.fd()
     }
 
+    /// Up to `max` events; taking a peer's event lets the next one be queued.
     pub fn take_events(&self, max: usize) -> Vec<Event> {
-        self.shared.events.take(max)
-    }
-
-    pub fn handshake_backlog(&self) -> usize {
-        self.shared.events.handshake_backlog()
-    }
-
-    pub fn counters(&self) -> &DeviceCounters {
-        &self.shared.counters
-    }
-
-    fn peer(&self, id: PeerId) -> io::Result<Arc<Peer>> {
-        self.shared
-            .peers
-            .read()
-            .map_err(|_| lock_err())?
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no peer {id}")))
-    }
-
-    pub fn add_peer(&self, id: PeerId) -> io::Result<()> {
-        self.shared
-            .peers
-            .write()
-            .map_err(|_| lock_err())?
-            .entry(id)
-            .or_insert_with(|| Arc::new(Peer::new(id)));
-        Ok(())
-    }
-
-    /// Forgets a peer: its allowed IPs, keypairs, staged packets.
-    pub fn remove_peer(&self, id: PeerId) -> io::Result<Vec<u32>> {
-        let Some(peer) = self
-            .shared
-            .peers
-            .write()
-            .map_err(|_| lock_err())?
-            .remove(&id)
-        else {
-            return Ok(Vec::new());
-        };
-        self.shared
-            .allowed
-            .write()
-            .map_err(|_| lock_err())?
-            .remove_peer(id);
-        let dropped = peer.slots.write().map_err(|_| lock_err())?.clear();
-        self.forget_indices(&dropped)?;
-        peer.take_staged();
-        Ok(dropped)
-    }
-
-    fn forget_indices(&self, indices: &[u32]) -> io::Result<()> {
-        if !indices.is_empty() {
-            let mut map = self.shared.indices.write().map_err(|_| lock_err())?;
-            for i in indices {
-                map.remove(i);
+        let events = self.shared.events.take(max);
+        for e in &events {
+            if let Event::Peer(p) = e {
+                p.notification_taken();
             }
         }
+        events
+    }
+
+    pub fn stats(&self) -> DeviceStats {
+        let shared = &self.shared;
+        DeviceStats {
+            indices: read(&shared.indices).len() as u64,
+            handshake_queue: shared.handshakes.queue_len() as u64,
+            under_load: shared.handshakes.under_load(),
+            ..shared.counters.snapshot()
+        }
+    }
+
+    // --- identity and peers ---------------------------------------------------------
+
+    /// Our static key (None: none). Every peer's handshake in progress is
+    /// forgotten and its keypairs stop sending (kernel
+    /// `wg_noise_expire_current_peer_keypairs`), so the next initiation may
+    /// go at once; each peer's replay state is kept. Staged packets then
+    /// start handshakes under the new key.
+    pub fn set_private_key(&self, key: Option<PrivateKey>) {
+        let shared = &self.shared;
+        shared
+            .handshakes
+            .set_identity(key.map(|k| Arc::new(DeviceIdentity::new(k))));
+        let identity = shared.peer_identity();
+        for peer in shared.all_peers() {
+            let pending = {
+                let mut hs = peer.handshake();
+                let pending = hs.pending_index();
+                hs.set_identity(identity.clone());
+                pending
+            };
+            write(&shared.indices).free(pending);
+            peer.keypairs().expire_sending();
+            peer.reset_handshake_rate();
+            handshake::request_flush(shared, &peer);
+        }
+    }
+
+    pub fn add_peer(&self, id: PeerId, key: PublicKey, psk: Option<PresharedKey>) -> Result<()> {
+        let shared = &self.shared;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let handshake = Handshake::new(shared.peer_identity(), key, psk, clock);
+        let mut peers = write(&shared.peers);
+        let mut by_key = write(&shared.by_key);
+        if peers.contains_key(&id) {
+            return Err(DatapathError::PeerExists(id));
+        }
+        if by_key.contains_key(&key) {
+            return Err(DatapathError::DuplicateKey(key.to_base64()));
+        }
+        let peer = Arc::new(Peer::new(id, handshake));
+        by_key.insert(key, peer.clone());
+        peers.insert(id, peer);
         Ok(())
     }
 
-    /// Sets the peer's endpoint; `src` is the local address to send from
-    /// (the one the peer's packet arrived on), if known.
-    pub fn set_endpoint(
-        &self,
-        id: PeerId,
-        addr: Option<SocketAddr>,
-        src: Option<(IpAddr, u32)>,
-    ) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        *peer.endpoint.write().map_err(|_| lock_err())? = addr.map(|addr| Endpoint { addr, src });
-        pin::unpin(&peer);
+    /// Forgets a peer: its allowed IPs, handshake, keypairs, indices, packets.
+    pub fn remove_peer(&self, id: PeerId) -> Result<()> {
+        let shared = &self.shared;
+        let peer = write(&shared.peers)
+            .remove(&id)
+            .ok_or(DatapathError::UnknownPeer(id))?;
+        write(&shared.by_key).remove(peer.public_key());
+        write(&shared.allowed).remove_peer(id);
+        self.zero_key_material(&peer);
+        peer.staged().take();
         Ok(())
     }
 
-    pub fn endpoint(&self, id: PeerId) -> io::Result<Option<Endpoint>> {
-        Ok(self.peer(id)?.endpoint())
+    /// Takes effect at the next handshake, as in the kernel.
+    pub fn set_preshared_key(&self, id: PeerId, psk: Option<PresharedKey>) -> Result<()> {
+        self.shared.peer(id)?.handshake().set_preshared_key(psk);
+        Ok(())
+    }
+
+    /// The configured endpoint (None: none); no source address is known for it yet.
+    pub fn set_endpoint(&self, id: PeerId, addr: Option<SocketAddr>) -> Result<()> {
+        self.shared.peer(id)?.endpoint().set(addr);
+        Ok(())
+    }
+
+    // --- what the timers ask for -----------------------------------------------------
+
+    /// Sends a keepalive, or stages one and starts a handshake (kernel
+    /// `wg_packet_send_keepalive`), on the handshake thread.
+    pub fn send_keepalive(&self, id: PeerId) -> Result<()> {
+        let peer = self.shared.peer(id)?;
+        peer.staged().stage_keepalive();
+        handshake::request_flush(&self.shared, &peer);
+        Ok(())
+    }
+
+    /// Sends what is staged, or starts a handshake for it (kernel
+    /// `wg_packet_send_staged_packets`, after every configuration change).
+    pub fn send_staged(&self, id: PeerId) -> Result<()> {
+        let peer = self.shared.peer(id)?;
+        handshake::request_flush(&self.shared, &peer);
+        Ok(())
+    }
+
+    /// Asks for an initiation (`retry`: the retransmit timer's, which keeps
+    /// the retry count); rate-limited to one per REKEY_TIMEOUT.
+    pub fn request_handshake(&self, id: PeerId, retry: bool) -> Result<()> {
+        let peer = self.shared.peer(id)?;
+        handshake::request_initiation(&self.shared, &peer, retry);
+        Ok(())
     }
 
     /// Forgets the sticky source address (kernel: on handshake retries).
-    pub fn clear_endpoint_source(&self, id: PeerId) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        if let Some(e) = peer.endpoint.write().map_err(|_| lock_err())?.as_mut() {
-            e.src = None;
+    pub fn clear_endpoint_source(&self, id: PeerId) -> Result<()> {
+        self.shared.peer(id)?.endpoint().clear_source();
+        Ok(())
+    }
+
+    /// Drops the staged packets (the handshake was given up); returns how many.
+    pub fn purge_staged(&self, id: PeerId) -> Result<usize> {
+        Ok(self.shared.peer(id)?.staged().take().len())
+    }
+
+    /// Erases the handshake state and all keypairs (kernel
+    /// `wg_queued_expired_zero_key_material`).
+    pub fn erase_keys(&self, id: PeerId) -> Result<()> {
+        let peer = self.shared.peer(id)?;
+        self.zero_key_material(&peer);
+        Ok(())
+    }
+
+    fn zero_key_material(&self, peer: &Peer) {
+        self.shared.clear_handshake(peer);
+        let dropped = peer.keypairs().clear();
+        write(&self.shared.indices).free(dropped);
+    }
+
+    /// The control plane stops (false) or resumes (true) reading the peer's
+    /// activity on its own; while it does not, the next packet notifies it.
+    pub fn watch_activity(&self, id: PeerId, watching: bool) -> Result<()> {
+        let peer = self.shared.peer(id)?;
+        if watching {
+            peer.activity().watch();
+        } else {
+            peer.activity().unwatch();
         }
         Ok(())
     }
 
-    /// Installs a keypair from a completed handshake; returns the local
-    /// indices of the keypairs it displaced (now free).
-    pub fn install_keypair(&self, id: PeerId, kp: Arc<Keypair>) -> io::Result<Vec<u32>> {
-        let peer = self.peer(id)?;
-        self.shared
-            .indices
-            .write()
-            .map_err(|_| lock_err())?
-            .insert(kp.local_index, (peer.clone(), kp.clone()));
-        let dropped = peer.slots.write().map_err(|_| lock_err())?.install(kp);
-        self.forget_indices(&dropped)?;
-        Ok(dropped)
+    pub fn peer_state(&self, id: PeerId) -> Result<PeerSnapshot> {
+        let peer = self.shared.peer(id)?;
+        Ok(PeerSnapshot {
+            activity: peer.activity().snapshot(),
+            endpoint: peer.endpoint().get(),
+            source_pinned: peer.endpoint().is_pinned(),
+            held: peer.staged().is_held(),
+            staged: peer.staged().len(),
+            can_send: peer.keypairs().sending(monotonic_now()).is_some(),
+        })
     }
 
-    /// Stops current and next keypairs from sending (private key changed).
-    pub fn expire_keypairs(&self, id: PeerId) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        let slots = peer.slots.read().map_err(|_| lock_err())?;
-        for k in slots.current.iter().chain(slots.next.iter()) {
-            k.invalidate_sending();
-        }
-        Ok(())
-    }
-
-    /// Drops all three keypairs (zero_key_material); returns their indices.
-    pub fn clear_keypairs(&self, id: PeerId) -> io::Result<Vec<u32>> {
-        let peer = self.peer(id)?;
-        let dropped = peer.slots.write().map_err(|_| lock_err())?.clear();
-        self.forget_indices(&dropped)?;
-        Ok(dropped)
-    }
-
-    /// Whether the peer has a keypair that can send now.
-    pub fn has_sending_keypair(&self, id: PeerId) -> io::Result<bool> {
-        Ok(self.peer(id)?.sending_keypair(monotonic_now()).is_some())
-    }
-
-    /// Sends the staged packets if a keypair allows; returns how many went.
-    pub fn flush_staged(&self, id: PeerId) -> io::Result<usize> {
-        let peer = self.peer(id)?;
-        Ok(tx::flush_staged(&self.shared, &peer))
-    }
-
-    pub fn purge_staged(&self, id: PeerId) -> io::Result<usize> {
-        Ok(self.peer(id)?.take_staged().len())
-    }
-
-    pub fn staged_count(&self, id: PeerId) -> io::Result<usize> {
-        Ok(self.peer(id)?.staged.lock().map_err(|_| lock_err())?.len())
-    }
-
-    /// Sends a keepalive, or stages one and asks for a handshake when no
-    /// keypair can send (kernel `wg_packet_send_keepalive`).
-    pub fn send_keepalive(&self, id: PeerId) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        tx::send_keepalive(&self.shared, &peer);
-        Ok(())
-    }
-
-    /// Sends a handshake or cookie message to the peer's endpoint.
-    pub fn send_handshake(&self, id: PeerId, message: &[u8]) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        let ep = peer
-            .endpoint()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "peer has no endpoint"))?;
-        tx::send_to_endpoint(&self.shared, &peer, ep, &[message])?;
-        peer.activity.sent(now_ns(), message.len() as u64, false);
-        Ok(())
-    }
-
-    /// Sends a datagram to an address that is not (yet) a peer: cookie replies.
-    pub fn send_to(
-        &self,
-        dst: SocketAddr,
-        src: Option<(IpAddr, u32)>,
-        message: &[u8],
-    ) -> io::Result<()> {
-        tx::send_datagrams(&self.shared, dst, src, &[message]).map_err(|e| e.error)
-    }
-
-    /// Records an authenticated handshake message received from the peer.
-    pub fn note_handshake_received(&self, id: PeerId, bytes: usize) -> io::Result<()> {
-        self.peer(id)?
-            .activity
-            .received(now_ns(), bytes as u64, false);
-        Ok(())
-    }
-
-    /// Lets the data plane ask for a handshake again.
-    pub fn handshake_request_done(&self, id: PeerId) -> io::Result<()> {
-        self.peer(id)?.handshake_request_done();
-        Ok(())
-    }
+    // --- handover ------------------------------------------------------------------
 
     /// Whether packets of peers with no path are held (staged) rather than
     /// dropped; turning it off releases every held peer.
     pub fn set_hold_unreachable(&self, on: bool) {
-        self.shared.hold_unreachable.store(on, Ordering::Relaxed);
+        let shared = &self.shared;
+        shared.hold_unreachable.store(on, Ordering::Relaxed);
         if !on {
-            let peers: Vec<Arc<Peer>> = match self.shared.peers.read() {
-                Ok(p) => p.values().cloned().collect(),
-                Err(_) => return,
-            };
-            for peer in peers {
-                if hold::release(&peer) {
-                    tx::flush_staged(&self.shared, &peer);
+            for peer in shared.all_peers() {
+                if peer.staged().release() {
+                    handshake::request_flush(shared, &peer);
                 }
             }
         }
     }
 
     /// Holds the peer's packets (no path to it); true if it was not held.
-    pub fn hold(&self, id: PeerId) -> io::Result<bool> {
-        let peer = self.peer(id)?;
-        Ok(hold::hold(&peer))
+    pub fn hold(&self, id: PeerId) -> Result<bool> {
+        Ok(self.shared.peer(id)?.staged().hold())
     }
 
-    /// Stops holding the peer's packets and sends what is staged (if a
-    /// keypair allows); returns whether it was held and how many went.
-    pub fn release(&self, id: PeerId) -> io::Result<(bool, usize)> {
-        let peer = self.peer(id)?;
-        let was_held = hold::release(&peer);
-        Ok((was_held, tx::flush_staged(&self.shared, &peer)))
+    /// Stops holding the peer's packets and sends what is staged (on the
+    /// handshake thread); returns whether it was held. Initiations made
+    /// while it was held never left, so the next one may go at once.
+    pub fn release(&self, id: PeerId) -> Result<bool> {
+        let peer = self.shared.peer(id)?;
+        let was_held = peer.staged().release();
+        if was_held {
+            peer.reset_handshake_rate();
+        }
+        handshake::request_flush(&self.shared, &peer);
+        Ok(was_held)
     }
 
     /// Sends from `src` until the peer answers at it, whatever address its
-    /// packets still arrive at (pin.rs); false if the peer has no endpoint.
-    pub fn pin_source(&self, id: PeerId, src: (IpAddr, u32)) -> io::Result<bool> {
-        let peer = self.peer(id)?;
-        Ok(pin::pin(&peer, src))
+    /// packets still arrive at (endpoint.rs); false if it has no endpoint.
+    pub fn pin_source(&self, id: PeerId, src: Source) -> Result<bool> {
+        Ok(self.shared.peer(id)?.endpoint().pin(src))
     }
 
-    pub fn source_pinned(&self, id: PeerId) -> io::Result<bool> {
-        let peer = self.peer(id)?;
-        Ok(pin::is_pinned(&peer))
+    // --- allowed IPs -------------------------------------------------------------------
+
+    /// Routes `addr/cidr` to `id` (host bits are ignored); another peer's
+    /// prefix moves to this one.
+    pub fn allowed_ip_insert(&self, addr: IpAddr, cidr: u8, id: PeerId) -> Result<()> {
+        self.shared.peer(id)?;
+        write(&self.shared.allowed)
+            .insert(addr, cidr, id)
+            .map_err(|e| DatapathError::InvalidArgument(e.to_string()))
     }
 
-    pub fn is_held(&self, id: PeerId) -> io::Result<bool> {
-        let peer = self.peer(id)?;
-        Ok(hold::is_held(&peer))
-    }
-
-    pub fn activity(&self, id: PeerId) -> io::Result<ActivitySnapshot> {
-        Ok(self.peer(id)?.activity.snapshot())
-    }
-
-    /// The control plane stops (false) or resumes (true) reading the peer's
-    /// activity on its own; while it does not, the next packet wakes it.
-    pub fn watch_activity(&self, id: PeerId, watching: bool) -> io::Result<()> {
-        let peer = self.peer(id)?;
-        if watching {
-            peer.activity.watch();
-        } else {
-            peer.activity.unwatch();
+    /// Removes a prefix; with `id`, only if that peer owns it.
+    pub fn allowed_ip_remove(&self, addr: IpAddr, cidr: u8, id: Option<PeerId>) -> bool {
+        let mut table = write(&self.shared.allowed);
+        match id {
+            Some(p) => table.remove_for(addr, cidr, p),
+            None => table.remove(addr, cidr).is_some(),
         }
-        Ok(())
     }
 
-    pub fn allowed_ips(&self) -> &RwLock<AllowedIps<PeerId>> {
-        &self.shared.allowed
+    pub fn allowed_ips_remove_peer(&self, id: PeerId) -> usize {
+        write(&self.shared.allowed).remove_peer(id)
+    }
+
+    pub fn allowed_ip_lookup(&self, addr: IpAddr) -> Option<PeerId> {
+        read(&self.shared.allowed).lookup(addr)
+    }
+
+    pub fn allowed_ips(&self, id: PeerId) -> Vec<(IpAddr, u8)> {
+        read(&self.shared.allowed).entries(id)
     }
 }
 
@@ -543,16 +604,14 @@ impl Drop for Datapath {
     }
 }
 
-impl Shared {
-    fn socket_for(&self, dst: &SocketAddr) -> Option<Arc<UdpSocket>> {
-        let s = self.sockets.read().ok()?;
-        match dst {
-            SocketAddr::V4(_) => s.v4.clone(),
-            SocketAddr::V6(_) => s.v6.clone(),
-        }
-    }
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
 
-    fn tun_fd(&self) -> RawFd {
-        self.tun.as_raw_fd()
+    /// A data plane on /dev/null as its "TUN device", with no threads.
+    pub(crate) fn datapath() -> (Datapath, std::fs::File) {
+        let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let dp = Datapath::new(null.as_raw_fd(), 1420, false, false).expect("datapath");
+        (dp, null)
     }
 }

@@ -1,404 +1,218 @@
-//! One peer as the data plane sees it.
+//! One peer as the data plane sees it (kernel peer.h): its endpoint, keypair
+//! slots, staged packets, activity and handshake state, each in its own
+//! type with its own rules, and the few flags that tie them together.
 //!
-//! - Endpoint: the peer's address and the local address we last heard it on
-//!   (sticky source), both updated from every authenticated packet.
-//! - Three keypair slots (kernel noise.c): the initiator's new keypair becomes
-//!   current at once (old current -> previous, a pending next -> previous);
-//!   the responder's goes to next and is promoted only when the first packet
-//!   arrives under it (key confirmation), dropping the old previous.
-//! - Staged packets: at most MAX_STAGED (128) wait for a usable key, oldest
-//!   dropped first.
-//! - Activity: the timestamps the control plane's timers are driven by, kept
-//!   so that replaying them in time order gives the kernel's timer events:
-//!   last authenticated send/receive, first data send since the last
-//!   authenticated receive, first data receive since the last authenticated
-//!   send, last data send and receive. While a peer is active the control
-//!   plane reads these about once a second; when it finds the peer idle it
-//!   clears the "watch" flag, and the next authenticated packet sets it
-//!   again and wakes the control plane: one wake per idle-to-active change,
-//!   never one per packet.
+//! - Handshake rate (kernel `last_sent_handshake`): at most one initiation
+//!   per REKEY_TIMEOUT; a response we send counts too. A new private key
+//!   lets the next one go at once.
+//! - "Wants a handshake" (kernel: the queued `transmit_handshake_work`): set
+//!   when an initiation is queued for the handshake thread, cleared when that
+//!   thread takes it, whatever it then does. It only merges requests; it can
+//!   never stay set. "Wants a flush" merges the control plane's requests to
+//!   send what is staged in the same way.
+//! - The receive-side rekey (kernel `sent_lastminute_handshake`): asked for
+//!   once until the next completed handshake.
+//! - "Event pending": at most one notification of this peer waits in the
+//!   event queue; the control plane re-reads everything about the peer when
+//!   it takes it, so further ones would add nothing.
 
-use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::session::Keypair;
+use crate::keys::PublicKey;
+use crate::noise::Handshake;
+use crate::session::REKEY_TIMEOUT;
 
-use super::events::{Event, EventQueue, HandshakeReason};
-use super::pin;
+use super::activity::Activity;
+use super::endpoint::PeerEndpoint;
+use super::events::{Event, EventQueue};
+use super::keypairs::Keypairs;
+use super::staged::Staged;
+use super::sync::lock;
 use super::PeerId;
 
-pub const MAX_STAGED: usize = 128;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// Local address (and interface) to send from, learned from the peer's packets.
-    pub src: Option<(IpAddr, u32)>,
-}
-
-#[derive(Default)]
-pub struct Slots {
-    pub current: Option<Arc<Keypair>>,
-    pub previous: Option<Arc<Keypair>>,
-    pub next: Option<Arc<Keypair>>,
-}
-
-impl Slots {
-    fn indices(kps: &[Option<Arc<Keypair>>]) -> Vec<u32> {
-        kps.iter().flatten().map(|k| k.local_index).collect()
-    }
-
-    /// Installs a keypair fresh from a handshake; returns the local indices
-    /// of the keypairs it pushed out.
-    pub fn install(&mut self, new: Arc<Keypair>) -> Vec<u32> {
-        if new.is_initiator {
-            let dropped = if let Some(next) = self.next.take() {
-                let old = [self.current.take(), self.previous.replace(next)];
-                Self::indices(&old)
-            } else {
-                let old = [self.previous.take()];
-                self.previous = self.current.take();
-                Self::indices(&old)
-            };
-            self.current = Some(new);
-            dropped
-        } else {
-            let old = [self.next.replace(new), self.previous.take()];
-            Self::indices(&old)
-        }
-    }
-
-    /// Key confirmation: if `kp` is the pending next keypair, it becomes
-    /// current. Returns the dropped index (old previous), or None if `kp` was
-    /// not next.
-    pub fn confirm(&mut self, kp: &Arc<Keypair>) -> Option<Vec<u32>> {
-        if !self.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, kp)) {
-            return None;
-        }
-        let next = self.next.take();
-        let old_previous = std::mem::replace(&mut self.previous, self.current.take());
-        self.current = next;
-        Some(Self::indices(&[old_previous]))
-    }
-
-    pub fn clear(&mut self) -> Vec<u32> {
-        let all = [self.current.take(), self.previous.take(), self.next.take()];
-        Self::indices(&all)
-    }
-}
-
-#[derive(Default)]
-pub struct Activity {
-    pub tx_bytes: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub last_tx_auth: AtomicU64,
-    pub last_rx_auth: AtomicU64,
-    pub first_tx_data_since_rx: AtomicU64,
-    pub first_rx_data_since_tx: AtomicU64,
-    pub last_rx_data: AtomicU64,
-    pub last_tx_data: AtomicU64,
-    /// Data packets whose inner source address belongs to another peer.
-    pub invalid_source: AtomicU64,
-    watch: AtomicBool,
-}
-
-/// A consistent-enough reading of `Activity` (times in ns, 0 = never).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ActivitySnapshot {
-    pub tx_bytes: u64,
-    pub rx_bytes: u64,
-    pub last_tx_auth: u64,
-    pub last_rx_auth: u64,
-    pub first_tx_data_since_rx: u64,
-    pub first_rx_data_since_tx: u64,
-    pub last_rx_data: u64,
-    pub last_tx_data: u64,
-    pub invalid_source: u64,
-}
-
-impl Activity {
-    /// True if the control plane was not watching: it must be woken.
-    fn wake_if_unwatched(&self) -> bool {
-        !self.watch.load(Ordering::Relaxed) && !self.watch.swap(true, Ordering::AcqRel)
-    }
-
-    fn mark_first(slot: &AtomicU64, now: u64) {
-        if slot.load(Ordering::Relaxed) == 0 {
-            let _ = slot.compare_exchange(0, now, Ordering::SeqCst, Ordering::Relaxed);
-        }
-    }
-
-    /// An authenticated packet left: returns true if the control plane must be woken.
-    pub fn sent(&self, now: u64, bytes: u64, is_data: bool) -> bool {
-        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.last_tx_auth.store(now, Ordering::Relaxed);
-        if self.first_rx_data_since_tx.load(Ordering::Relaxed) != 0 {
-            self.first_rx_data_since_tx.store(0, Ordering::SeqCst);
-        }
-        if is_data {
-            self.last_tx_data.store(now, Ordering::Relaxed);
-            Self::mark_first(&self.first_tx_data_since_rx, now);
-        }
-        self.wake_if_unwatched()
-    }
-
-    /// An authenticated packet arrived: returns true if the control plane must be woken.
-    pub fn received(&self, now: u64, bytes: u64, is_data: bool) -> bool {
-        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.last_rx_auth.store(now, Ordering::Relaxed);
-        if self.first_tx_data_since_rx.load(Ordering::Relaxed) != 0 {
-            self.first_tx_data_since_rx.store(0, Ordering::SeqCst);
-        }
-        if is_data {
-            self.last_rx_data.store(now, Ordering::Relaxed);
-            Self::mark_first(&self.first_rx_data_since_tx, now);
-        }
-        self.wake_if_unwatched()
-    }
-
-    /// The control plane found the peer idle and stops reading: the next
-    /// authenticated packet wakes it. It reads once more after this, so a
-    /// packet that raced with it is not missed.
-    pub fn unwatch(&self) {
-        self.watch.store(false, Ordering::SeqCst);
-    }
-
-    /// The control plane reads the activity again on its own.
-    pub fn watch(&self) {
-        self.watch.store(true, Ordering::SeqCst);
-    }
-
-    pub fn snapshot(&self) -> ActivitySnapshot {
-        ActivitySnapshot {
-            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
-            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
-            last_tx_auth: self.last_tx_auth.load(Ordering::Relaxed),
-            last_rx_auth: self.last_rx_auth.load(Ordering::Relaxed),
-            first_tx_data_since_rx: self.first_tx_data_since_rx.load(Ordering::SeqCst),
-            first_rx_data_since_tx: self.first_rx_data_since_tx.load(Ordering::SeqCst),
-            last_rx_data: self.last_rx_data.load(Ordering::Relaxed),
-            last_tx_data: self.last_tx_data.load(Ordering::Relaxed),
-            invalid_source: self.invalid_source.load(Ordering::Relaxed),
-        }
-    }
-}
-
 pub struct Peer {
-    pub id: PeerId,
-    pub endpoint: RwLock<Option<Endpoint>>,
-    pub slots: RwLock<Slots>,
-    pub staged: Mutex<VecDeque<Vec<u8>>>,
-    pub activity: Activity,
-    handshake_wanted: AtomicBool,
-    /// No path to the endpoint: packets are staged, not sent (see hold.rs).
-    pub held: AtomicBool,
-    /// The sticky source was set by the control plane after a path change
-    /// and is kept until the peer answers at it (see pin.rs).
-    pub source_pinned: AtomicBool,
+    id: PeerId,
+    public_key: PublicKey,
+    endpoint: PeerEndpoint,
+    keypairs: Keypairs,
+    staged: Staged,
+    activity: Activity,
+    handshake: Mutex<Handshake>,
+    /// CLOCK_MONOTONIC ns of the last handshake message we sent; 0 = never.
+    last_sent_handshake: AtomicU64,
+    initiation_queued: AtomicBool,
+    flush_queued: AtomicBool,
+    sent_lastminute_handshake: AtomicBool,
+    event_pending: AtomicBool,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Peer {
-    pub fn new(id: PeerId) -> Self {
+    pub fn new(id: PeerId, handshake: Handshake) -> Self {
         Self {
             id,
-            endpoint: RwLock::new(None),
-            slots: RwLock::new(Slots::default()),
-            staged: Mutex::new(VecDeque::new()),
+            public_key: handshake.remote_public_key(),
+            endpoint: PeerEndpoint::default(),
+            keypairs: Keypairs::default(),
+            staged: Staged::default(),
             activity: Activity::default(),
-            handshake_wanted: AtomicBool::new(false),
-            held: AtomicBool::new(false),
-            source_pinned: AtomicBool::new(false),
+            handshake: Mutex::new(handshake),
+            last_sent_handshake: AtomicU64::new(0),
+            initiation_queued: AtomicBool::new(false),
+            flush_queued: AtomicBool::new(false),
+            sent_lastminute_handshake: AtomicBool::new(false),
+            event_pending: AtomicBool::new(false),
         }
     }
 
-    pub fn endpoint(&self) -> Option<Endpoint> {
-        self.endpoint.read().ok().and_then(|e| *e)
+    pub fn id(&self) -> PeerId {
+        self.id
     }
 
-    /// The keypair to send with, if one may send now.
-    pub fn sending_keypair(&self, now: std::time::Duration) -> Option<Arc<Keypair>> {
-        let slots = self.slots.read().ok()?;
-        slots.current.as_ref().filter(|k| k.can_send(now)).cloned()
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
     }
 
-    /// Queues packets for when a key exists, dropping the oldest past the bound.
-    pub fn stage<'a>(&self, packets: impl IntoIterator<Item = &'a [u8]>) {
-        if let Ok(mut q) = self.staged.lock() {
-            for p in packets {
-                if q.len() >= MAX_STAGED {
-                    q.pop_front();
-                }
-                q.push_back(p.to_vec());
-            }
+    pub fn endpoint(&self) -> &PeerEndpoint {
+        &self.endpoint
+    }
+
+    pub fn keypairs(&self) -> &Keypairs {
+        &self.keypairs
+    }
+
+    pub fn staged(&self) -> &Staged {
+        &self.staged
+    }
+
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    pub fn handshake(&self) -> MutexGuard<'_, Handshake> {
+        lock(&self.handshake)
+    }
+
+    /// Whether REKEY_TIMEOUT has passed since our last handshake message.
+    pub fn may_send_initiation(&self, now: Duration) -> bool {
+        let last = self.last_sent_handshake.load(Ordering::Acquire);
+        last == 0 || now.saturating_sub(Duration::from_nanos(last)) >= REKEY_TIMEOUT
+    }
+
+    /// Records a handshake message sent (or about to be).
+    pub fn handshake_sent(&self, now: Duration) {
+        self.last_sent_handshake.store(ns(now), Ordering::Release);
+    }
+
+    /// The next initiation may go at once (our private key changed; a path
+    /// came back after initiations that could not leave).
+    pub fn reset_handshake_rate(&self) {
+        self.last_sent_handshake.store(0, Ordering::Release);
+    }
+
+    /// True if no initiation request was queued: the caller queues one.
+    pub fn claim_initiation_request(&self) -> bool {
+        !self.initiation_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// The handshake thread took the queued request.
+    pub fn initiation_request_taken(&self) {
+        self.initiation_queued.store(false, Ordering::Release);
+    }
+
+    /// True if no flush of the staged packets was queued: the caller queues one.
+    pub fn claim_flush_request(&self) -> bool {
+        !self.flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// The handshake thread took the queued flush.
+    pub fn flush_request_taken(&self) {
+        self.flush_queued.store(false, Ordering::Release);
+    }
+
+    /// True the first time after a completed handshake: the receive path's
+    /// last-minute rekey.
+    pub fn claim_lastminute_handshake(&self) -> bool {
+        !self.sent_lastminute_handshake.swap(true, Ordering::AcqRel)
+    }
+
+    /// A handshake completed: the last-minute rekey may be asked for again.
+    pub fn handshake_completed(&self) {
+        self.sent_lastminute_handshake
+            .store(false, Ordering::Release);
+    }
+
+    /// Tells the control plane to re-read this peer (one pending event at most).
+    pub fn notify(self: &Arc<Self>, events: &EventQueue) {
+        if !self.event_pending.swap(true, Ordering::AcqRel) {
+            events.push(Event::Peer(self.clone()));
         }
     }
 
-    pub fn take_staged(&self) -> Vec<Vec<u8>> {
-        self.staged
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn staged_is_empty(&self) -> bool {
-        self.staged.lock().map(|q| q.is_empty()).unwrap_or(true)
-    }
-
-    /// Asks the control plane for a handshake, once until it answers.
-    pub fn want_handshake(&self, events: &EventQueue, reason: HandshakeReason) {
-        if !self.handshake_wanted.swap(true, Ordering::AcqRel) {
-            events.push(Event::NeedHandshake {
-                peer: self.id,
-                reason,
-            });
-        }
-    }
-
-    /// The control plane has acted on (or settled) the last request.
-    pub fn handshake_request_done(&self) {
-        self.handshake_wanted.store(false, Ordering::Release);
-    }
-
-    /// Updates the endpoint from an authenticated packet (roaming); returns
-    /// the new address if it changed.
-    pub fn roam(&self, src: SocketAddr, local: Option<(IpAddr, u32)>) -> Option<SocketAddr> {
-        let current = self.endpoint();
-        let new = Endpoint {
-            addr: src,
-            src: pin::sticky_source(self, current, local),
-        };
-        if current == Some(new) {
-            return None;
-        }
-        let mut e = self.endpoint.write().ok()?;
-        let changed = e.map(|old| old.addr) != Some(src);
-        *e = Some(new);
-        changed.then_some(src)
+    /// The control plane took this peer's notification.
+    pub fn notification_taken(&self) {
+        self.event_pending.store(false, Ordering::Release);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use std::time::Duration;
-    use zeroize::Zeroizing;
+    use crate::clock::{Clock, SystemClock};
+    use crate::keys::PrivateKey;
+    use crate::noise::Identity;
 
-    fn kp(index: u32, initiator: bool) -> Arc<Keypair> {
-        let k = Zeroizing::new([index as u8; 32]);
-        Arc::new(
-            Keypair::new(&k, &k, index, 1000 + index, Duration::ZERO, initiator).expect("keypair"),
-        )
+    pub(crate) fn peer(id: PeerId) -> Arc<Peer> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let me = Arc::new(Identity::new(PrivateKey::generate()));
+        let remote = PrivateKey::generate().public_key();
+        Arc::new(Peer::new(id, Handshake::new(me, remote, None, clock)))
     }
 
     #[test]
-    fn initiator_keypair_becomes_current_at_once() {
-        let mut s = Slots::default();
-        assert!(s.install(kp(1, true)).is_empty());
-        assert_eq!(s.current.as_ref().map(|k| k.local_index), Some(1));
-        assert!(s.install(kp(2, true)).is_empty());
-        assert_eq!(s.previous.as_ref().map(|k| k.local_index), Some(1));
-        assert_eq!(s.install(kp(3, true)), vec![1], "old previous is dropped");
-        assert_eq!(
-            (
-                s.current.as_ref().map(|k| k.local_index),
-                s.previous.as_ref().map(|k| k.local_index)
-            ),
-            (Some(3), Some(2))
-        );
+    fn one_initiation_per_rekey_timeout() {
+        let p = peer(1);
+        let t = Duration::from_secs(100);
+        assert!(p.may_send_initiation(t));
+        p.handshake_sent(t);
+        assert!(!p.may_send_initiation(t + Duration::from_millis(4999)));
+        assert!(p.may_send_initiation(t + REKEY_TIMEOUT));
+        p.reset_handshake_rate();
+        assert!(p.may_send_initiation(t));
     }
 
     #[test]
-    fn responder_keypair_waits_for_confirmation() {
-        let mut s = Slots::default();
-        s.install(kp(1, true));
-        s.install(kp(2, true));
-        let n = kp(3, false);
-        assert_eq!(
-            s.install(n.clone()),
-            vec![1],
-            "responder install drops previous"
-        );
-        assert_eq!(
-            s.current.as_ref().map(|k| k.local_index),
-            Some(2),
-            "still sends with the old key"
-        );
-        assert!(s.confirm(&kp(9, false)).is_none());
-        assert_eq!(s.confirm(&n), Some(vec![]));
-        assert_eq!(s.current.as_ref().map(|k| k.local_index), Some(3));
-        assert_eq!(s.previous.as_ref().map(|k| k.local_index), Some(2));
-        assert!(s.next.is_none());
-        assert!(s.confirm(&n).is_none(), "confirmed only once");
+    fn requests_merge_until_taken() {
+        let p = peer(1);
+        assert!(p.claim_initiation_request());
+        assert!(!p.claim_initiation_request(), "merged with the queued one");
+        p.initiation_request_taken();
+        assert!(p.claim_initiation_request());
     }
 
     #[test]
-    fn initiator_install_demotes_pending_next() {
-        let mut s = Slots::default();
-        s.install(kp(1, true));
-        s.install(kp(2, false));
-        let dropped = s.install(kp(3, true));
-        assert_eq!(
-            dropped,
-            vec![1],
-            "old current is dropped, next becomes previous"
-        );
-        assert_eq!(s.previous.as_ref().map(|k| k.local_index), Some(2));
-        assert_eq!(s.current.as_ref().map(|k| k.local_index), Some(3));
-        let mut all = s.clear();
-        all.sort();
-        assert_eq!(all, vec![2, 3]);
+    fn lastminute_rekey_once_per_handshake() {
+        let p = peer(1);
+        assert!(p.claim_lastminute_handshake());
+        assert!(!p.claim_lastminute_handshake());
+        p.handshake_completed();
+        assert!(p.claim_lastminute_handshake());
     }
 
     #[test]
-    fn activity_wakes_only_from_idle() {
-        let a = Activity::default();
-        assert!(
-            a.sent(10, 100, true),
-            "the first packet wakes the control plane"
-        );
-        assert!(!a.sent(11, 100, true), "it is watching now");
-        assert!(!a.received(12, 32, false));
-        let s = a.snapshot();
-        assert_eq!(
-            s.first_tx_data_since_rx, 0,
-            "any authenticated receive clears it"
-        );
-        assert_eq!(
-            s.first_rx_data_since_tx, 0,
-            "a keepalive never arms the passive keepalive"
-        );
-        a.unwatch();
-        assert!(
-            a.received(14, 100, true),
-            "after going idle the next packet wakes"
-        );
-        assert!(!a.sent(15, 100, true));
-        let s = a.snapshot();
-        assert_eq!(
-            s.first_rx_data_since_tx, 0,
-            "any authenticated send clears it"
-        );
-        assert_eq!(s.first_tx_data_since_rx, 15);
-        assert_eq!(
-            (s.rx_bytes, s.tx_bytes, s.last_rx_data, s.last_tx_data),
-            (132, 300, 14, 15)
-        );
-        a.unwatch();
-        a.watch();
-        assert!(!a.sent(16, 1, false), "watching again on its own");
-    }
-
-    #[test]
-    fn staging_is_bounded() {
-        let p = Peer::new(1);
-        for i in 0..200u32 {
-            p.stage([&i.to_le_bytes()[..]]);
-        }
-        let q = p.take_staged();
-        assert_eq!(q.len(), MAX_STAGED);
-        assert_eq!(q[0], 72u32.to_le_bytes().to_vec(), "oldest dropped first");
-        assert!(p.staged_is_empty());
+    fn one_pending_notification() {
+        let events = EventQueue::new().expect("queue");
+        let p = peer(7);
+        p.notify(&events);
+        p.notify(&events);
+        assert_eq!(events.take(16).len(), 1);
+        p.notification_taken();
+        p.notify(&events);
+        assert_eq!(events.take(16).len(), 1);
     }
 }

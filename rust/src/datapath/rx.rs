@@ -1,42 +1,54 @@
 //! The receive side: datagrams from the UDP sockets.
 //!
-//! - Types 1-3 go to the control plane whole, with their source and the local
-//!   address they arrived on.
+//! - Types 1-3 go to the handshake thread (handshake.rs), with their source
+//!   and the local address they arrived on; initiations and responses only
+//!   if their mac1 is right.
 //! - Type 4: keypair by receiver index; open (the replay window moves only
 //!   after the tag verifies); roam the endpoint to the packet's source; key
-//!   confirmation of a pending next keypair (then flush staged packets);
-//!   receive-side rekey request (initiator, keypair past 165 s, once); timer
-//!   activity; a keepalive stops here; otherwise trim the padding to the IP
-//!   length, require that the inner source address routes back to this same
-//!   peer (longest-prefix match; else count and drop), and write it to TUN.
+//!   confirmation of a pending next keypair (then the handshake is complete
+//!   and the staged packets go); receive-side rekey request (initiator,
+//!   keypair past 165 s, once per handshake); timer activity; a keepalive
+//!   stops here; otherwise trim the padding to the IP length, require that
+//!   the inner source address routes back to this same peer (longest-prefix
+//!   match; else count and drop), and write it to TUN.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::monotonic_now;
+use crate::error::Error;
 use crate::messages::{self, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT};
-use crate::session::{inner_packet_len, Keypair, RekeyTrigger};
+use crate::session::{inner_packet_len, Keypair};
 
-use super::events::{Event, HandshakeReason};
+use super::endpoint::Source;
+use super::events::Event;
+use super::handshake::{handshake_complete, request_initiation};
 use super::offload;
 use super::peer::Peer;
+use super::stats::DeviceCounters;
+use super::sync::{read, write};
 use super::sys::{self, EventFd, Readiness, RecvBatch};
+use super::thread::Faults;
 use super::{inner_source, now_ns, tx, Shared, UdpSocket, MAX_PACKET};
 
 const BATCH: usize = 64;
 
-pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
+pub(crate) fn udp_loop(
+    shared: &Shared,
+    sock: &Arc<UdpSocket>,
+    stop: &EventFd,
+    faults: &mut Faults,
+) {
     let raw = sock.fd.as_raw_fd();
     let mut batch = RecvBatch::new(BATCH, MAX_PACKET);
     let mut coalescer = offload::Coalescer::new(shared.udp_offload);
     loop {
         match sys::wait_readable(raw, stop) {
-            Ok(Readiness::Readable) | Ok(Readiness::Error) => {}
+            Ok(Readiness::Readable) | Ok(Readiness::Error) => faults.woke(),
             Ok(Readiness::Stop) => return,
             Err(e) => {
                 shared.events.push(Event::SocketError {
@@ -88,7 +100,7 @@ pub(crate) fn udp_loop(shared: &Shared, sock: &Arc<UdpSocket>, stop: &EventFd) {
 struct Transport<'a> {
     msg: &'a mut [u8],
     src: SocketAddr,
-    local: Option<(IpAddr, u32)>,
+    local: Option<Source>,
     opened: Option<Opened>,
 }
 
@@ -120,11 +132,9 @@ fn sort_batch<'a>(
         for msg in buf[..len].chunks_mut(step) {
             match messages::message_type(msg) {
                 Ok(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
-                    shared.events.push(Event::Handshake {
-                        message: msg.to_vec(),
-                        source: src,
-                        local: meta.local,
-                    });
+                    shared
+                        .handshakes
+                        .receive(msg, src, meta.local, &shared.counters);
                 }
                 Ok(TYPE_TRANSPORT) => transport.push(Transport {
                     msg,
@@ -132,9 +142,7 @@ fn sort_batch<'a>(
                     local: meta.local,
                     opened: None,
                 }),
-                _ => {
-                    shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => DeviceCounters::one(&shared.counters.rx_malformed),
             }
         }
     }
@@ -143,7 +151,7 @@ fn sort_batch<'a>(
 
 fn tun_write(shared: &Shared, b: &[u8]) {
     if sys::write(shared.tun_fd(), b).is_err() {
-        shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        DeviceCounters::one(&shared.counters.rx_tun_errors);
     }
 }
 
@@ -160,76 +168,59 @@ fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
 /// Finds the keypair and authenticates and decrypts in place (the replay
 /// window moves only after the tag verifies). Safe to run on any thread.
 fn open(shared: &Shared, msg: &mut [u8], now: Duration) -> Option<Opened> {
-    let found = messages::receiver_index(msg).ok().and_then(|index| {
-        shared
-            .indices
-            .read()
-            .ok()
-            .and_then(|m| m.get(&index).cloned())
-    });
-    let opened = found.and_then(|(peer, kp)| {
-        let range = kp.open_in_place(msg, now).ok()?;
-        Some(Opened { peer, kp, range })
-    });
-    if opened.is_none() {
-        shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    let counters = &shared.counters;
+    let found = messages::receiver_index(msg)
+        .ok()
+        .and_then(|index| read(&shared.indices).keypair(index));
+    let Some((peer, kp)) = found else {
+        DeviceCounters::one(&counters.rx_unknown_index);
+        return None;
+    };
+    match kp.open_in_place(msg, now) {
+        Ok(range) => Some(Opened { peer, kp, range }),
+        Err(Error::Replay) => {
+            DeviceCounters::one(&counters.rx_replayed);
+            None
+        }
+        Err(_) => {
+            DeviceCounters::one(&counters.rx_auth_failed);
+            None
+        }
     }
-    opened
 }
 
 /// Everything after decryption, in arrival order: roaming, key confirmation,
 /// rekey request, timers; then the inner packet's range if it goes to TUN.
 fn accept(shared: &Shared, t: &Transport<'_>, now: Duration) -> Option<Range<usize>> {
     let Opened { peer, kp, range } = t.opened.as_ref()?;
-    let wire_len = t.msg.len() as u64;
-
-    if let Some(endpoint) = peer.roam(t.src, t.local) {
-        shared.events.push(Event::EndpointChanged {
-            peer: peer.id,
-            endpoint,
-        });
+    let mut notify = peer.endpoint().roam(t.src, t.local);
+    if let Some(dropped) = peer.keypairs().confirm(kp) {
+        write(&shared.indices).free(dropped);
+        handshake_complete(shared, peer, now_ns());
+        tx::flush_staged(shared, peer);
     }
-    let is_next = peer
-        .slots
-        .read()
-        .is_ok_and(|s| s.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, kp)));
-    if is_next {
-        let dropped = peer.slots.write().ok().and_then(|mut s| s.confirm(kp));
-        if let Some(dropped) = dropped {
-            if let Ok(mut map) = shared.indices.write() {
-                for i in dropped {
-                    map.remove(&i);
-                }
-            }
-            shared.events.push(Event::KeyConfirmed { peer: peer.id });
-            tx::flush_staged(shared, peer);
-        }
-    }
-    if kp.needs_rekey_on_receive(now) && kp.claim_rekey_request(RekeyTrigger::OnReceive) {
-        shared.events.push(Event::NeedHandshake {
-            peer: peer.id,
-            reason: HandshakeReason::RekeyOnReceive,
-        });
+    if kp.needs_rekey_on_receive(now) && peer.claim_lastminute_handshake() {
+        request_initiation(shared, peer, false);
     }
     let plain = &t.msg[range.clone()];
-    if peer
-        .activity
-        .received(now_ns(), wire_len, !plain.is_empty())
-    {
-        shared.events.push(Event::Activity { peer: peer.id });
+    notify |= peer
+        .activity()
+        .received(now_ns(), t.msg.len() as u64, !plain.is_empty());
+    if notify {
+        peer.notify(&shared.events);
     }
     if plain.is_empty() {
         return None;
     }
     let Some(len) = inner_packet_len(plain) else {
-        shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        DeviceCounters::one(&shared.counters.rx_invalid_packet);
         return None;
     };
     let packet = &plain[..len];
-    let routed =
-        inner_source(packet).and_then(|s| shared.allowed.read().ok().and_then(|t| t.lookup(s)));
-    if routed != Some(peer.id) {
-        peer.activity.invalid_source.fetch_add(1, Ordering::Relaxed);
+    let routed = inner_source(packet).and_then(|s| read(&shared.allowed).lookup(s));
+    if routed != Some(peer.id()) {
+        peer.activity().invalid_source();
+        DeviceCounters::one(&shared.counters.rx_invalid_packet);
         return None;
     }
     Some(range.start..range.start + len)

@@ -8,6 +8,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -155,15 +156,30 @@ pub enum Readiness {
     Stop,
 }
 
-/// Waits until `fd` can be written again after EAGAIN.
-pub fn wait_writable(fd: RawFd) {
+/// Waits until `fd` can be written again after EAGAIN, until `deadline`;
+/// false if the deadline passed first.
+fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLOUT,
         revents: 0,
     };
-    // SAFETY: one live pollfd; a 1 s cap keeps a wedged socket from hanging shutdown.
-    unsafe { libc::poll(&mut p, 1, 1000) };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one live pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    rc > 0
+}
+
+/// EAGAIN that outlasted the sender's patience.
+fn gave_up() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "socket send buffer stayed full; datagrams dropped",
+    )
 }
 
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -461,13 +477,17 @@ pub struct SendError {
 /// may be shorter) go out as one UDP GSO send each (UDP_SEGMENT): one trip
 /// through the stack for up to 64 datagrams. If the kernel refuses GSO,
 /// `gso` is cleared and everything goes through sendmmsg from then on.
+/// A full send buffer is waited for at most `patience` in all; then the
+/// rest is dropped (WouldBlock), so no sender can hang on a wedged socket.
 pub fn send_batch(
     fd: RawFd,
     dst: &SocketAddr,
     src: Option<(IpAddr, u32)>,
     packets: &[&[u8]],
     gso: &AtomicBool,
+    patience: Duration,
 ) -> Result<(), SendError> {
+    let deadline = Instant::now() + patience;
     let mut sent = 0;
     let mut scratch = Vec::new();
     while sent < packets.len() {
@@ -482,14 +502,21 @@ pub fn send_batch(
             } else {
                 packets.len()
             };
-            send_mmsg(fd, dst, src, &packets[sent..end]).map_err(|e| SendError {
+            send_mmsg(fd, dst, src, &packets[sent..end], deadline).map_err(|e| SendError {
                 sent: sent + e.sent,
                 error: e.error,
             })?;
             sent = end;
             continue;
         }
-        match send_gso(fd, dst, src, &packets[sent..sent + run], &mut scratch) {
+        match send_gso(
+            fd,
+            dst,
+            src,
+            &packets[sent..sent + run],
+            &mut scratch,
+            deadline,
+        ) {
             Ok(()) => sent += run,
             Err(e) if is_stale_source_error(&e) && src.is_some() => {
                 return Err(SendError { sent, error: e })
@@ -538,6 +565,7 @@ fn send_gso(
     src: Option<(IpAddr, u32)>,
     run: &[&[u8]],
     scratch: &mut Vec<u8>,
+    deadline: Instant,
 ) -> io::Result<()> {
     scratch.clear();
     for p in run {
@@ -568,8 +596,8 @@ fn send_gso(
         }
         let e = io::Error::last_os_error();
         match e.kind() {
-            io::ErrorKind::WouldBlock => wait_writable(fd),
-            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock if !wait_writable(fd, deadline) => return Err(gave_up()),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
             _ => return Err(e),
         }
     }
@@ -581,6 +609,7 @@ fn send_mmsg(
     dst: &SocketAddr,
     src: Option<(IpAddr, u32)>,
     packets: &[&[u8]],
+    deadline: Instant,
 ) -> Result<(), SendError> {
     const MAX: usize = 64;
     let (mut name, namelen) = sockaddr_from_std(dst);
@@ -625,8 +654,13 @@ fn send_mmsg(
         if rc < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
-                io::ErrorKind::WouldBlock => wait_writable(fd),
-                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if !wait_writable(fd, deadline) => {
+                    return Err(SendError {
+                        sent,
+                        error: gave_up(),
+                    })
+                }
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
                 _ => return Err(SendError { sent, error: e }),
             }
             continue;

@@ -4,26 +4,39 @@
 //! - Route by the destination address (longest-prefix match); no peer: drop.
 //! - Encrypt in place in the read buffer (the packet is read 16 bytes in, so
 //!   header, padding and tag fit around it).
-//! - Staged packets go out before new ones once a keypair can send.
-//! - After sending, ask for a rekey (once per keypair) when the keypair is
-//!   old enough or has sent enough (kernel `keep_key_fresh`).
+//! - Staged packets go out before new ones once a keypair can send. No
+//!   usable keypair: stage the packets and ask for an initiation.
+//! - After sending, ask for a rekey when the keypair is old enough (as the
+//!   initiator) or has sent enough (kernel `keep_key_fresh`); the request is
+//!   rate-limited and merged by the handshake thread's rules.
+//! - A full socket buffer is waited for at most SEND_PATIENCE; then the
+//!   datagrams are dropped: no sender hangs on a wedged socket.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::monotonic_now;
 use crate::messages::TRANSPORT_HEADER_LEN;
-use crate::session::{Keypair, RekeyTrigger};
+use crate::session::Keypair;
 
-use super::events::{Event, HandshakeReason};
+use super::endpoint::{Endpoint, Source};
+use super::events::Event;
+use super::handshake::request_initiation;
 use super::hold;
 use super::offload;
-use super::peer::{Endpoint, Peer};
+use super::peer::Peer;
+use super::stats::DeviceCounters;
+use super::sync::read;
 use super::sys::{self, EventFd, Readiness, SendError};
+use super::thread::Faults;
 use super::{inner_destination, now_ns, PeerId, Shared, MAX_PACKET};
+
+/// How long a sender waits for room in a full socket buffer before dropping.
+pub(crate) const SEND_PATIENCE: Duration = Duration::from_millis(100);
 
 const BATCH: usize = 64;
 /// Largest packet read from the TUN device (IP packets are at most 65535 bytes).
@@ -65,18 +78,17 @@ fn read_offloaded(
             let len = packet.len().min(MAX_INNER);
             bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
                 .copy_from_slice(&packet[..len]);
-            shared.mtu.fetch_max(len, Ordering::Relaxed);
             lens[n] = len;
             n += 1;
         });
         if result.is_err() {
-            shared.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            DeviceCounters::one(&shared.counters.tx_dropped);
         }
     }
     Ok(n)
 }
 
-pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
+pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd, faults: &mut Faults) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
     let mut reader = OffloadReader {
         read: vec![0u8; offload::VNET_HDR_LEN + MAX_TSO],
@@ -86,7 +98,7 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
     let fd = shared.tun_fd();
     loop {
         match sys::wait_readable(fd, stop) {
-            Ok(Readiness::Readable) => {}
+            Ok(Readiness::Readable) => faults.woke(),
             Ok(Readiness::Stop) => return,
             Ok(Readiness::Error) => {
                 shared.events.push(Event::TunClosed {
@@ -120,9 +132,6 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
                 ) {
                     Ok(0) => break,
                     Ok(len) => {
-                        // A packet larger than the MTU we were told means the
-                        // interface's MTU was raised: pad against the new one.
-                        shared.mtu.fetch_max(len, Ordering::Relaxed);
                         lens[n] = len;
                         n += 1;
                     }
@@ -143,17 +152,17 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd) {
 }
 
 fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
-    let mut routes: Vec<Option<PeerId>> = Vec::with_capacity(bufs.len());
-    if let Ok(table) = shared.allowed.read() {
-        for (buf, &len) in bufs.iter().zip(lens) {
-            let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
-            routes.push(inner_destination(packet).and_then(|d| table.lookup(d)));
-        }
-    }
-    let peers = match shared.peers.read() {
-        Ok(p) => p,
-        Err(_) => return,
+    let routes: Vec<Option<PeerId>> = {
+        let table = read(&shared.allowed);
+        bufs.iter()
+            .zip(lens)
+            .map(|(buf, &len)| {
+                let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+                inner_destination(packet).and_then(|d| table.lookup(d))
+            })
+            .collect()
     };
+    let peers = read(&shared.peers);
     let mut start = 0;
     while start < routes.len() {
         let id = routes[start];
@@ -163,12 +172,7 @@ fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
         }
         match id.and_then(|id| peers.get(&id).cloned()) {
             Some(peer) => send_run(shared, &peer, &mut bufs[start..end], &lens[start..end]),
-            None => {
-                shared
-                    .counters
-                    .tx_no_route
-                    .fetch_add((end - start) as u64, Ordering::Relaxed);
-            }
+            None => DeviceCounters::add(&shared.counters.tx_no_route, (end - start) as u64),
         }
         start = end;
     }
@@ -180,11 +184,11 @@ fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usi
         return;
     }
     let now = monotonic_now();
-    let Some(kp) = peer.sending_keypair(now) else {
+    let Some(kp) = peer.keypairs().sending(now) else {
         stage_from(shared, peer, bufs, lens, 0);
         return;
     };
-    if !peer.staged_is_empty() {
+    if !peer.staged().is_empty() {
         flush_staged(shared, peer);
     }
     let Ok(counters) = kp.next_counters(bufs.len(), now) else {
@@ -214,10 +218,7 @@ fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usi
         plain.push(job.len);
     }
     let failed = (jobs.len() - sealed.len()) as u64;
-    shared
-        .counters
-        .tx_dropped
-        .fetch_add(failed, Ordering::Relaxed);
+    DeviceCounters::add(&shared.counters.tx_dropped, failed);
     finish_send(shared, peer, &kp, &sealed, &plain);
     if sealable < bufs.len() {
         // The keypair ran out of counters mid-batch: keep the rest for the next one.
@@ -234,13 +235,13 @@ struct SealJob<'a> {
 
 /// Stages the packets of a batch from `first` on and asks for a handshake.
 fn stage_from(shared: &Shared, peer: &Arc<Peer>, bufs: &[Vec<u8>], lens: &[usize], first: usize) {
-    peer.stage(
+    peer.staged().stage(
         bufs[first..]
             .iter()
             .zip(&lens[first..])
             .map(|(b, &l)| &b[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + l]),
     );
-    peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+    request_initiation(shared, peer, false);
 }
 
 /// Sends sealed messages and does the bookkeeping that follows every send.
@@ -251,11 +252,8 @@ fn finish_send(
     sealed: &[&[u8]],
     plain_lens: &[usize],
 ) {
-    let Some(ep) = peer.endpoint() else {
-        shared
-            .counters
-            .tx_dropped
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+    let Some(ep) = peer.endpoint().get() else {
+        DeviceCounters::add(&shared.counters.tx_dropped, sealed.len() as u64);
         return;
     };
     if let Err(e) = send_to_endpoint(shared, peer, ep, sealed) {
@@ -265,16 +263,13 @@ fn finish_send(
     let now = now_ns();
     let mut wake = false;
     for (m, &plain) in sealed.iter().zip(plain_lens) {
-        wake |= peer.activity.sent(now, m.len() as u64, plain > 0);
+        wake |= peer.activity().sent(now, m.len() as u64, plain > 0);
     }
     if wake {
-        shared.events.push(Event::Activity { peer: peer.id });
+        peer.notify(&shared.events);
     }
-    if kp.needs_rekey_on_send(monotonic_now()) && kp.claim_rekey_request(RekeyTrigger::OnSend) {
-        shared.events.push(Event::NeedHandshake {
-            peer: peer.id,
-            reason: HandshakeReason::RekeyOnSend,
-        });
+    if kp.needs_rekey_on_send(monotonic_now()) {
+        request_initiation(shared, peer, false);
     }
 }
 
@@ -291,11 +286,7 @@ pub(crate) fn send_to_endpoint(
         Err(SendError { sent, error })
             if ep.src.is_some() && sys::is_stale_source_error(&error) =>
         {
-            if let Ok(mut e) = peer.endpoint.write() {
-                if let Some(cur) = e.as_mut().filter(|c| c.src == ep.src) {
-                    cur.src = None;
-                }
-            }
+            peer.endpoint().forget_source(ep.src);
             send_datagrams(shared, ep.addr, None, &messages[sent..]).map_err(|e| e.error)
         }
         Err(e) => Err(e.error),
@@ -305,7 +296,7 @@ pub(crate) fn send_to_endpoint(
 pub(crate) fn send_datagrams(
     shared: &Shared,
     dst: SocketAddr,
-    src: Option<(IpAddr, u32)>,
+    src: Option<Source>,
     messages: &[&[u8]],
 ) -> Result<(), SendError> {
     let Some(sock) = shared.socket_for(&dst) else {
@@ -317,38 +308,42 @@ pub(crate) fn send_datagrams(
             ),
         });
     };
-    sys::send_batch(sock.fd.as_raw_fd(), &dst, src, messages, &sock.gso)
+    sys::send_batch(
+        sock.fd.as_raw_fd(),
+        &dst,
+        src,
+        messages,
+        &sock.gso,
+        SEND_PATIENCE,
+    )
 }
 
 /// Sends whatever is staged if a keypair can send (else asks for a
 /// handshake); returns how many packets went out.
 pub(crate) fn flush_staged(shared: &Shared, peer: &Arc<Peer>) -> usize {
-    if hold::is_held(peer) {
+    let staged = peer.staged();
+    if staged.is_held() || staged.is_empty() {
         return 0;
     }
     let now = monotonic_now();
-    let Some(kp) = peer.sending_keypair(now) else {
-        if !peer.staged_is_empty() {
-            peer.want_handshake(&shared.events, HandshakeReason::NoKey);
-        }
+    let Some(kp) = peer.keypairs().sending(now) else {
+        request_initiation(shared, peer, false);
         return 0;
     };
-    let staged = peer.take_staged();
-    if staged.is_empty() {
-        return 0;
-    }
+    let packets = staged.take();
     let mtu = shared.mtu.load(Ordering::Relaxed);
-    let mut sealed = Vec::with_capacity(staged.len());
-    let mut lens = Vec::with_capacity(staged.len());
-    for (i, p) in staged.iter().enumerate() {
+    let mut sealed = Vec::with_capacity(packets.len());
+    let mut lens = Vec::with_capacity(packets.len());
+    for (i, p) in packets.iter().enumerate() {
         match kp.encrypt(p, mtu, now) {
             Ok(m) => {
                 sealed.push(m);
                 lens.push(p.len());
             }
             Err(_) => {
-                peer.stage(staged[i..].iter().map(|v| v.as_slice()));
-                peer.want_handshake(&shared.events, HandshakeReason::NoKey);
+                // The keypair ran out: the rest waits for the next one.
+                staged.requeue(packets[i..].to_vec());
+                request_initiation(shared, peer, false);
                 break;
             }
         }
@@ -361,8 +356,6 @@ pub(crate) fn flush_staged(shared: &Shared, peer: &Arc<Peer>) -> usize {
 /// Kernel `wg_packet_send_keepalive`: an empty packet joins the staged queue
 /// if it is empty, then the queue is sent (or a handshake requested).
 pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
-    if peer.staged_is_empty() {
-        peer.stage([&[][..]]);
-    }
+    peer.staged().stage_keepalive();
     flush_staged(shared, peer);
 }

@@ -1,0 +1,68 @@
+"""Events a running device reports to the program that embeds it.
+
+- `Device.subscribe()` gives a channel of `DeviceEvent`s; every subscriber
+  sees every event, in order.
+- A subscriber that lags loses events rather than slowing the device: when
+  its buffer (`max_buffer`, 256 by default) is full, new events for it are
+  dropped. A closed subscriber is forgotten.
+- Events are views: they report what the data plane and the handover watcher
+  did; nothing reads them back to steer the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import trio
+
+from wgpy._core import PublicKey
+
+Endpoint = tuple[str, int]
+EventKind = Literal[
+    "handshake_completed",
+    "endpoint_changed",
+    "tun_closed",
+    # Handover (wgpy.handover): the path to some peer changed; no route to a
+    # peer (its packets are held); a peer was told our new path.
+    "underlay_changed",
+    "path_lost",
+    "reannounced",
+]
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """Something an embedding program may want to react to."""
+
+    kind: EventKind
+    time: float
+    peer: PublicKey | None = None
+    endpoint: Endpoint | None = None
+    detail: str = ""
+
+
+class Subscribers:
+    """The device's subscribers and the fan-out to them."""
+
+    def __init__(self) -> None:
+        self._channels: list[trio.MemorySendChannel[DeviceEvent]] = []
+
+    def subscribe(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[DeviceEvent]:
+        send, receive = trio.open_memory_channel[DeviceEvent](max_buffer)
+        self._channels.append(send)
+        return receive
+
+    def emit(self, event: DeviceEvent) -> None:
+        for channel in list(self._channels):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                pass  # that subscriber lags: it loses this event
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self._channels.remove(channel)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._channels = []
