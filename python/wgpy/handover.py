@@ -31,8 +31,11 @@ The rules:
   most CONFIRM_TRIES times per change.
 - With no route to a peer, the data plane holds its packets (at most 128,
   the staging bound) instead of dropping them; they go, and the peer is
-  re-announced, as soon as a route returns. A send that finds no path holds
-  the peer too. Held peers are re-checked every second even without news.
+  re-announced, as soon as a route returns (netlink says when). A send that
+  finds no path holds the peer too; if a route exists meanwhile, the peer is
+  re-checked every second even without news.
+- New endpoints (configured or roamed) are looked at in batches, 50 ms
+  apart: configuring many peers costs a few rounds, not one per peer.
 - Each decision is a DeviceEvent ("underlay_changed", "path_lost",
   "reannounced"), and the most recent ones are kept for `wgpy show`.
 - On by default. Off with ``Device(handover=False)``, the daemon's
@@ -73,7 +76,8 @@ ENV = "WGPY_HANDOVER"
 GROUPS = (
     RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
 )
-RECHECK_HELD = 1.0  # seconds between re-checks of held peers without netlink news
+RECHECK_HELD = 1.0  # seconds between re-checks of peers held although a route exists
+LEARN_DELAY = 0.05  # new endpoints are looked at in batches this far apart
 RELEASE_AGAIN_AFTER = 1.0  # a peer the data plane holds again is not released sooner
 CONFIRM_AFTER = 0.1  # seconds after a re-announcement to check that the peer follows
 CONFIRM_TRIES = 5
@@ -93,6 +97,7 @@ class _PeerPath:
     endpoint: str  # the endpoint's address when `path` was found
     path: Path | None
     held_since: float | None = None  # Trio time the route was last seen gone
+    looked_at: float = 0.0  # Trio time this path was found
     released_at: float = -1e9
     confirm_at: float | None = None  # Trio time to check the last re-announcement
     announced: float = 0.0  # CLOCK_MONOTONIC time of the last re-announcement
@@ -153,6 +158,8 @@ class Handover:
         self._emit = emit
         self._paths: dict[int, _PeerPath] = {}
         self._dirty: set[int] = set()
+        self._learning: set[int] = set()
+        self._learn_at: float | None = None
         self._everything = False
         self._news: list[str] | None = None
         self._wake = trio.Event()
@@ -167,9 +174,13 @@ class Handover:
     # --- what the device tells us ------------------------------------------------------
 
     def endpoint_set(self, peer_id: int) -> None:
-        """The peer's endpoint was configured or roamed: find its path soon."""
-        self._dirty.add(peer_id)
-        self._wake.set()
+        """The peer's endpoint was configured or roamed: learn its path soon,
+        together with the others set meanwhile (a `wg setconf` of 1,000 peers
+        is a few rounds, not 1,000)."""
+        self._learning.add(peer_id)
+        if self._learn_at is None:
+            self._learn_at = trio.current_time() + LEARN_DELAY
+            self._wake.set()
 
     def unreachable(self, peer_id: int) -> None:
         """The data plane found no path to the peer and holds its packets."""
@@ -179,6 +190,7 @@ class Handover:
     def forget(self, peer_id: int, key: PublicKey) -> None:
         self._paths.pop(peer_id, None)
         self._dirty.discard(peer_id)
+        self._learning.discard(peer_id)
         self.last_reannounce.pop(key, None)
 
     def recheck_all(self) -> None:
@@ -246,19 +258,20 @@ class Handover:
                 self._wake.set()
 
     def _next_deadline(self) -> float:
-        """When to look again without news: held peers every RECHECK_HELD,
-        re-announcements to confirm."""
-        times = [p.confirm_at for p in self._paths.values() if p.confirm_at is not None]
-        if any(p.held_since is not None for p in self._paths.values()):
-            times.append(trio.current_time() + RECHECK_HELD)
-        return min(times, default=float("inf"))
+        """When to look again without news: a batch of new endpoints to
+        learn; peers held although a route exists, RECHECK_HELD after their
+        last look; re-announcements to confirm. (A peer with no route at all
+        waits for netlink news of one.)"""
+        times = (t for p in self._paths.values() if (t := _due_at(p)) is not None)
+        first = min(times, default=float("inf"))
+        return first if self._learn_at is None else min(first, self._learn_at)
 
     def _due(self, now: float) -> set[int]:
-        return {
-            i
-            for i, p in self._paths.items()
-            if p.held_since is not None or (p.confirm_at is not None and p.confirm_at <= now)
-        }
+        due = {i for i, p in self._paths.items() if (t := _due_at(p)) is not None and t <= now}
+        if self._learn_at is not None and self._learn_at <= now:
+            due |= self._learning
+            self._learning, self._learn_at = set(), None
+        return due
 
     async def _evaluate_pending(self) -> None:
         live = set(self._live())
@@ -266,6 +279,7 @@ class Handover:
         if self._everything:
             self._everything = False
             self._dirty.clear()
+            self._learning, self._learn_at = set(), None
             targets = sorted(live)
         else:
             ids, self._dirty = self._dirty | self._due(trio.current_time()), set()
@@ -305,7 +319,7 @@ class Handover:
         if self._state(peer_id) is None:
             return  # removed while we waited
         before = self._paths.get(peer_id)
-        now = self._paths[peer_id] = _PeerPath(address, path)
+        now = self._paths[peer_id] = _PeerPath(address, path, looked_at=trio.current_time())
         now.follow(before)
         if path is None:
             self._no_route(peer_id, state, before, now, look)
@@ -507,6 +521,14 @@ class Handover:
         event = DeviceEvent(kind, time.time(), key, endpoint, detail)
         self.recent.append(event)
         self._emit(event)
+
+
+def _due_at(p: _PeerPath) -> float | None:
+    """When a peer's path must be looked at again without news, if ever."""
+    times = [p.confirm_at] if p.confirm_at is not None else []
+    if p.held_since is not None and p.path is not None:
+        times.append(p.looked_at + RECHECK_HELD)
+    return min(times, default=None)
 
 
 def _moved(before: Path | None, after: Path) -> bool:
