@@ -1,4 +1,4 @@
-"""A moving client for handover tests and the handover benchmark (issue 7).
+"""A moving client for handover tests and the handover benchmark .
 
 Three namespaces: the client has two uplinks (two veth pairs, two subnets) to
 a router, which forwards to the server's subnet. The client runs a WireGuard

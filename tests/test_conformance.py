@@ -1,5 +1,5 @@
 """The whole device behaves as the kernel's WireGuard does where the control
-plane and the data plane meet (issue 11): each test drives a real wgpy (the
+plane and the data plane meet: each test drives a real wgpy (the
 daemon, or `wgpy.Device` in this process) against a peer scripted on the
 sans-I/O API (tests/scripted.py), over real sockets in network namespaces.
 

@@ -1,4 +1,4 @@
-"""Seamless handover (issue 7): the tunnel survives an underlay change.
+"""Seamless handover: the tunnel survives an underlay change.
 
 A wgpy client with two uplinks changes its underlay under traffic, against a
 wireguard-go server and a wgpy server (topology, scenarios and measurements:

@@ -174,7 +174,7 @@ def test_wrong_psk_fails_against_noise(with_psk):
 
 
 def test_reference_constants():
-    """Sanity of the reference itself: Ci and Hi from PROTOCOL-NOTES 1.2."""
+    """Sanity of the reference itself: Ci and Hi, the hashes of the construction and identifier."""
     ci = wgref.blake2s_hash(wgref.CONSTRUCTION)
     assert ci.hex() == "60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36"
     assert wgref.blake2s_hash(ci, wgref.IDENTIFIER).hex() == (

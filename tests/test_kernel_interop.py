@@ -1,4 +1,4 @@
-"""wgpy against the Linux kernel's WireGuard, in both roles (issue 5).
+"""wgpy against the Linux kernel's WireGuard, in both roles.
 
 The kernel peer is `interop.kernel_guest`: a QEMU guest booted once for this
 module (or, where the host kernel has the module, a namespace of the host:

@@ -1,7 +1,7 @@
 """An independent pure-Python WireGuard reference for differential tests.
 
 Built only from hashlib, hmac and `cryptography`, following the whitepaper and
-the kernel's noise.c/cookie.c as summarised in PROTOCOL-NOTES.md sections 1.1-1.3.
+the kernel's noise.c/cookie.c and messages.h.
 It shares no code with wgpy: every expected value in the tests comes from here,
 from the `noiseprotocol` package, from PyNaCl or from the `wg` binary.
 """

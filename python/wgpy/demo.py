@@ -109,65 +109,75 @@ def run_demo() -> dict[str, object]:
         raise DemoError("the demo creates network namespaces and TUN devices: run it as root")
     lab = Lab()
     try:
-        a, b = f"wgpy-demo-{lab.tag}-a", f"wgpy-demo-{lab.tag}-b"
-        for ns in (a, b):
-            lab.run("ip", "netns", "add", ns)
-            lab.namespaces.append(ns)
-            lab.run("ip", "link", "set", "lo", "up", ns=ns)
-        lab.run(
-            "ip",
-            "link",
-            "add",
-            "veth-wgpy",
-            "netns",
-            a,
-            "type",
-            "veth",
-            "peer",
-            "veth-wgpy",
-            "netns",
-            b,
-        )
-        for ns, addr in zip((a, b), OUTER, strict=True):
-            lab.run("ip", "addr", "add", f"{addr}/24", "dev", "veth-wgpy", ns=ns)
-            lab.run("ip", "link", "set", "veth-wgpy", "up", ns=ns)
-        keys = (PrivateKey.generate(), PrivateKey.generate())
+        namespaces = _namespaces(lab)
         ifaces = (f"wgdemo{lab.tag}a", f"wgdemo{lab.tag}b")
         started = time.time()
-        for i, (ns, iface) in enumerate(zip((a, b), ifaces, strict=True)):
-            _start_daemon(lab, ns, iface)
-            other = 1 - i
-            control.set_config(
-                iface,
-                [
-                    f"private_key={keys[i].to_bytes().hex()}",
-                    f"listen_port={PORTS[i]}",
-                    f"public_key={bytes(keys[other].public_key()).hex()}",
-                    f"endpoint={OUTER[other]}:{PORTS[other]}",
-                    f"allowed_ip={INNER[other]}/32",
-                ],
-            )
-            lab.run("ip", "addr", "add", f"{INNER[i]}/24", "dev", iface, ns=ns)
-        result: dict[str, object] = {"interfaces": list(ifaces), "namespaces": [a, b]}
-        ping = lab.run("ping", "-c", "5", "-i", "0.2", "-W", "2", INNER[1], ns=a).stdout
-        handshake_at = control.get_state(ifaces[0]).peers[0].last_handshake
-        rtt = re.search(r"= [\d.]+/([\d.]+)/", ping)
-        loss = re.search(r"(\d+)% packet loss", ping)
-        result["handshake_seconds_after_start"] = (
-            round(handshake_at - started, 3) if handshake_at else None
-        )
-        result["ping_avg_ms"] = float(rtt.group(1)) if rtt else None
-        result["ping_loss_percent"] = int(loss.group(1)) if loss else None
-        result["tcp_mbit_per_s"] = _throughput(lab, a, b)
-        state = control.get_state(ifaces[0]).peers[0]
-        result["peer_a_sees"] = {
-            "endpoint": state.endpoint,
-            "rx_bytes": state.rx_bytes,
-            "tx_bytes": state.tx_bytes,
-        }
+        _tunnel(lab, namespaces, ifaces)
+        result: dict[str, object] = {"interfaces": list(ifaces), "namespaces": list(namespaces)}
+        result.update(_measure(lab, namespaces, ifaces[0], started))
         return result
     finally:
         lab.cleanup()
+
+
+def _namespaces(lab: Lab) -> tuple[str, str]:
+    """Two namespaces joined by a veth pair on OUTER."""
+    a, b = f"wgpy-demo-{lab.tag}-a", f"wgpy-demo-{lab.tag}-b"
+    for ns in (a, b):
+        lab.run("ip", "netns", "add", ns)
+        lab.namespaces.append(ns)
+        lab.run("ip", "link", "set", "lo", "up", ns=ns)
+    peer = ("peer", "veth-wgpy", "netns", b)
+    lab.run("ip", "link", "add", "veth-wgpy", "netns", a, "type", "veth", *peer)
+    for ns, addr in zip((a, b), OUTER, strict=True):
+        lab.run("ip", "addr", "add", f"{addr}/24", "dev", "veth-wgpy", ns=ns)
+        lab.run("ip", "link", "set", "veth-wgpy", "up", ns=ns)
+    return a, b
+
+
+def _tunnel(lab: Lab, namespaces: tuple[str, str], ifaces: tuple[str, str]) -> None:
+    """A wgpy daemon in each namespace, configured through its UAPI socket as
+    `wg` would, each the other's peer."""
+    keys = (PrivateKey.generate(), PrivateKey.generate())
+    for i, (ns, iface) in enumerate(zip(namespaces, ifaces, strict=True)):
+        _start_daemon(lab, ns, iface)
+        other = 1 - i
+        control.set_config(
+            iface,
+            [
+                f"private_key={keys[i].to_bytes().hex()}",
+                f"listen_port={PORTS[i]}",
+                f"public_key={bytes(keys[other].public_key()).hex()}",
+                f"endpoint={OUTER[other]}:{PORTS[other]}",
+                f"allowed_ip={INNER[other]}/32",
+            ],
+        )
+        lab.run("ip", "addr", "add", f"{INNER[i]}/24", "dev", iface, ns=ns)
+
+
+def _measure(
+    lab: Lab, namespaces: tuple[str, str], iface: str, started: float
+) -> dict[str, object]:
+    a, b = namespaces
+    ping = lab.run("ping", "-c", "5", "-i", "0.2", "-W", "2", INNER[1], ns=a).stdout
+    handshake_at = control.get_state(iface).peers[0].last_handshake
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", ping)
+    loss = re.search(r"(\d+)% packet loss", ping)
+    throughput = _throughput(lab, a, b)
+    state = control.get_state(iface).peers[0]
+    return {
+        "handshake_seconds_after_start": (
+            round(handshake_at - started, 3) if handshake_at else None
+        ),
+        "ping_avg_ms": float(rtt.group(1)) if rtt else None,
+        "ping_loss_percent": int(loss.group(1)) if loss else None,
+        "tcp_mbit_per_s": throughput,
+        "peer_a_sees": {
+            "endpoint": state.endpoint,
+            "rx_bytes": state.rx_bytes,
+            "tx_bytes": state.tx_bytes,
+        },
+    }
 
 
 def _throughput(lab: Lab, a: str, b: str, seconds: float = 3.0) -> float:

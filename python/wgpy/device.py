@@ -330,6 +330,9 @@ class Device:
             dp.set_preshared_key(peer.id, preshared_key)
         if endpoint is not None:
             dp.set_endpoint(peer.id, endpoint)
+            peer.endpoint_configured()
+            if self._handover is not None:
+                self._handover.endpoint_set(peer.id)
         if replace_allowed_ips:
             dp.allowed_ips_remove_peer(peer.id)
         for net in allowed_ips or ():
@@ -337,7 +340,6 @@ class Device:
         if persistent_keepalive is not None:
             peer.timers.set_persistent_keepalive(persistent_keepalive, trio.current_time())
         dp.send_staged(peer.id)
-        peer.poke()  # it reports what changed (a new endpoint) at once
         return peer
 
     def add_allowed_ip(self, peer: Peer, network: IPNetwork) -> None:

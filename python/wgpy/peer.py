@@ -9,10 +9,10 @@
 - The peer's timers (wgpy.timers) run in the peer's own task and cancel
   scope; their actions are requests to the data plane, none of which waits
   on a socket.
-- What the peer notices while replaying (a handshake completed, a new
-  endpoint, its packets held for lack of a path) goes to a listener (the
-  device), which turns it into events; at most one report per read, however
-  many packets caused it.
+- What the peer notices while replaying (a handshake completed, an endpoint
+  moved by the peer's packets, its packets held for lack of a path) goes to
+  a listener (the device), which turns it into events; at most one report
+  per read, however many packets caused it.
 """
 
 from __future__ import annotations
@@ -121,6 +121,11 @@ class Peer:
 
     def watch(self, on: bool) -> None:
         self._dp.watch_activity(self.id, on)
+
+    def endpoint_configured(self) -> None:
+        """The device set the endpoint: not news to report (only what the
+        peer's packets change is)."""
+        self._endpoint = self._dp.peer_state(self.id).endpoint
 
     # --- TimerActions: requests to the data plane ----------------------------------------
 

@@ -4,7 +4,7 @@
 //!   destination picks the peer; on receive the *source* must look up to the
 //!   very peer whose keypair opened the packet. "Contained in one of my
 //!   prefixes" is not enough: if A owns 10.0.0.0/8 and B owns 10.1.0.0/16,
-//!   10.1.2.3 belongs to B and A may not use it (PROTOCOL-NOTES 1.11).
+//!   10.1.2.3 belongs to B and A may not use it (kernel receive.c).
 //! - Prefixes are exclusive across peers: inserting an existing prefix for
 //!   another peer moves it to that peer.
 //! - Host bits are masked off on insert and remove (192.95.5.65/27 is stored

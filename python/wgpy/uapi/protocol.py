@@ -1,7 +1,7 @@
 """The UAPI protocol, sans I/O: what `wg` sends and what it reads back.
 
 Spec: wireguard.com/xplatform; reference: wireguard-go device/uapi.go and
-ipc/uapi_*.go; PROTOCOL-NOTES.md section 3. This module opens no socket:
+ipc/uapi_*.go; wg(8) ipc-uapi.h. This module opens no socket:
 `RequestReader` splits a connection's bytes into requests, `parse_set`
 validates a set request into a `DeviceChange` (wgpy.changes applies it) and
 `format_get` writes the reply to a get. wgpy.uapi.server does the I/O.
