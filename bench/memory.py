@@ -95,7 +95,9 @@ def soak(
 
     Rekeys happen on their own (REKEY_AFTER_TIME, 120 s), so a 600 s run sees
     about five; the handshakes seen are counted from `wg show latest-handshakes`.
-    The first tenth of the run (at most 60 s) is warm-up and not judged.
+    The first minute (a tenth of a shorter run) is warm-up and not judged;
+    `growth_after_warmup` is how far RSS moved from then to the end (medians
+    of five samples at each end, so one sample's noise does not decide).
     """
     setup = topology.build(lab, topology.WGPY_WGPY)
     assert setup.pair is not None
@@ -147,5 +149,10 @@ def soak(
             "rss_max_bytes": max(values, default=None),
             "rss_median_bytes": statistics.median(values) if values else None,
             "spread": stats.spread(values),
+            "growth_after_warmup": (
+                statistics.median(values[-5:]) - statistics.median(values[:5])
+                if len(values) >= 10
+                else None
+            ),
         }
     return result

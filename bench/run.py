@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -236,8 +235,9 @@ class Benchmark:
         keys = memory.peer_keys(self.options.peers)
         result = []
         impls = [topology.WGPY_WGPY.sender]
-        if shutil.which("wireguard-go"):
-            impls.append(topology.WGGO_WGGO.sender)
+        for config in (topology.HEAD_HEAD, topology.WGGO_WGGO, topology.BORINGTUN_BORINGTUN):
+            if not topology.missing_programs(config):
+                impls.append(config.sender)
         for impl in impls:
             assert impl is not None
             lab = self.new_lab(f"memory-{impl}")

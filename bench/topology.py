@@ -12,7 +12,17 @@ import shutil
 from dataclasses import dataclass
 
 from netns import Namespace, NetnsLab
-from wgnet import INNER_V4, OUTER_V4, WGPY, WIREGUARD_GO, Pair, make_pair
+from wgnet import (
+    BORINGTUN,
+    INNER_V4,
+    OUTER_V4,
+    WGPY,
+    WIREGUARD_GO,
+    WIREGUARD_GO_HEAD,
+    Pair,
+    make_pair,
+    program,
+)
 
 # Daemons log nothing below errors while measured: logging costs CPU, and
 # the two implementations' debug output differs.
@@ -32,9 +42,7 @@ class Config:
 
     def programs(self) -> list[str]:
         """Programs this configuration needs besides iperf3, ping and ip."""
-        needed = []
-        if WIREGUARD_GO in (self.sender, self.receiver):
-            needed.append("wireguard-go")
+        needed = [program(impl) for impl in {self.sender, self.receiver} - {None, WGPY}]
         if self.tunnel:
             needed.append("wg")
         return needed
@@ -42,11 +50,17 @@ class Config:
 
 VETH = Config("veth", "raw veth", None, None)
 WGPY_WGPY = Config("wgpy-wgpy", "wgpy↔wgpy", WGPY, WGPY)
-WGGO_WGGO = Config("wggo-wggo", "wg-go↔wg-go", WIREGUARD_GO, WIREGUARD_GO)
-WGPY_WGGO = Config("wgpy-wggo", "wgpy→wg-go", WGPY, WIREGUARD_GO)
-CONFIGS = (VETH, WGPY_WGPY, WGGO_WGGO, WGPY_WGGO)
+HEAD_HEAD = Config(
+    "wggohead-wggohead", "wg-go (current)↔same", WIREGUARD_GO_HEAD, WIREGUARD_GO_HEAD
+)
+WGGO_WGGO = Config("wggo-wggo", "wg-go (Debian)↔same", WIREGUARD_GO, WIREGUARD_GO)
+BORINGTUN_BORINGTUN = Config("boringtun-boringtun", "boringtun↔boringtun", BORINGTUN, BORINGTUN)
+WGPY_HEAD = Config("wgpy-wggohead", "wgpy→wg-go (current)", WGPY, WIREGUARD_GO_HEAD)
+WGPY_WGGO = Config("wgpy-wggo", "wgpy→wg-go (Debian)", WGPY, WIREGUARD_GO)
+CONFIGS = (VETH, WGPY_WGPY, HEAD_HEAD, WGGO_WGGO, BORINGTUN_BORINGTUN, WGPY_HEAD, WGPY_WGGO)
 BY_KEY = {c.key: c for c in CONFIGS}
-BASELINE = WGGO_WGGO.key  # ratios are against this configuration
+# Ratios are against current wireguard-go when it is there, else Debian's.
+BASELINES = (HEAD_HEAD.key, WGGO_WGGO.key)
 SUBJECT = WGPY_WGPY.key  # the targets are about this one
 
 

@@ -20,7 +20,34 @@ from netns import BackgroundProcess, Namespace, NetnsLab, add_address, wait_unti
 
 WGPY = "wgpy"
 WIREGUARD_GO = "wireguard-go"
+# Reference implementations built from source for the benchmarks (bench/README.md
+# says how): current wireguard-go, and boringtun; found in WGPY_ANCHORS.
+WIREGUARD_GO_HEAD = "wireguard-go-head"
+BORINGTUN = "boringtun"
+ANCHORS = Path(os.environ.get("WGPY_ANCHORS", "/tmp/anchors/bin"))
 STEP_TIMEOUT = 10.0
+MTU = 1420
+
+
+def program(impl: str) -> str:
+    """The executable that runs `impl` (an absolute path for the anchors)."""
+    return {
+        WGPY: sys.executable,
+        WIREGUARD_GO: "wireguard-go",
+        WIREGUARD_GO_HEAD: str(ANCHORS / "wireguard-go-head"),
+        BORINGTUN: str(ANCHORS / "boringtun-cli"),
+    }[impl]
+
+
+def daemon_argv(impl: str, iface: str) -> list[str]:
+    """The foreground daemon of `impl` for interface `iface`."""
+    if impl == WGPY:
+        return [sys.executable, "-m", "wgpy", "-f", iface]
+    if impl == BORINGTUN:
+        # Root would otherwise make it drop to nobody, and lose its UAPI socket.
+        return [program(impl), "-f", "--disable-drop-privileges", iface]
+    return [program(impl), "-f", iface]
+
 
 OUTER_V4 = ("10.77.0.1", "10.77.0.2")
 OUTER_V6 = ("fd00:77::1", "fd00:77::2")
@@ -138,11 +165,7 @@ def start_node(
     want debug output in failure reports, benchmarks want no logging cost.
     `env` adds environment variables for the daemon."""
     iface = lab.interface_name(ns, prefix="wgp" if impl == WGPY else "wgg")
-    if impl == WGPY:
-        argv = [sys.executable, "-m", "wgpy", "-f", iface]
-    else:
-        argv = ["wireguard-go", "-f", iface]
-    process = ns.spawn(argv, env={"LOG_LEVEL": log_level, **(env or {})})
+    process = ns.spawn(daemon_argv(impl, iface), env={"LOG_LEVEL": log_level, **(env or {})})
     sock = Path("/var/run/wireguard") / f"{iface}.sock"
 
     def ready() -> bool:
@@ -156,7 +179,8 @@ def start_node(
     ns.run(["wg", "set", iface, "listen-port", str(port), "private-key", str(key_file)])
     for address in addresses:
         add_address(ns, iface, address)
-    ns.ip("link", "set", iface, "up")
+    # boringtun leaves the TUN device's MTU at 1500; every implementation gets 1420.
+    ns.ip("link", "set", iface, "mtu", str(MTU), "up")
     wait_until(
         lambda: ns.link_is_up(iface) or _tun_up(ns, iface), timeout=STEP_TIMEOUT, what=f"{iface} up"
     )

@@ -14,6 +14,7 @@ pub mod noise;
 pub mod ratelimiter;
 pub mod replay;
 pub mod session;
+pub(crate) mod sync;
 pub mod tai64n;
 
 pub use error::{Error, Result};

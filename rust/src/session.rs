@@ -24,6 +24,7 @@ use crate::crypto::{aead_key, aead_open_in_place, aead_seal_in_place, KEY_LEN, T
 use crate::error::{Error, Result};
 use crate::messages::{TransportHeader, TRANSPORT_HEADER_LEN};
 use crate::replay::{ReplayWindow, WINDOW_SIZE};
+use crate::sync::lock;
 
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - WINDOW_SIZE - 1;
@@ -135,7 +136,7 @@ impl Keypair {
 
     /// The greatest counter received and authenticated so far.
     pub fn greatest_received(&self) -> Option<u64> {
-        self.replay.lock().map(|w| w.greatest()).unwrap_or(None)
+        lock(&self.replay).greatest()
     }
 
     pub fn is_expired(&self, now: Duration) -> bool {
@@ -280,7 +281,7 @@ impl Keypair {
         // Cheap pre-check so obvious replays skip the AEAD; the authoritative
         // update happens after the tag verifies.
         {
-            let w = self.replay.lock().map_err(|_| Error::Replay)?;
+            let w = lock(&self.replay);
             if !w.check(header.counter) {
                 return Err(if header.counter >= REJECT_AFTER_MESSAGES {
                     Error::CounterExhausted
@@ -295,7 +296,7 @@ impl Keypair {
             &[],
             &mut msg[TRANSPORT_HEADER_LEN..],
         )?;
-        let mut w = self.replay.lock().map_err(|_| Error::Replay)?;
+        let mut w = lock(&self.replay);
         if !w.update(header.counter) {
             return Err(Error::Replay);
         }

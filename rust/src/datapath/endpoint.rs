@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
-use super::sync::{read, write};
+use crate::sync::{read, write};
 
 /// A local address to send from, and the interface it belongs to.
 pub type Source = (IpAddr, u32);

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::peer::Peer;
-use super::sync::lock;
 use super::sys::EventFd;
+use crate::sync::lock;
 
 pub enum Event {
     Peer(Arc<Peer>),

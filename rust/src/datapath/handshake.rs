@@ -51,10 +51,10 @@ use crate::session::Keypair;
 use super::endpoint::Source;
 use super::peer::Peer;
 use super::stats::DeviceCounters;
-use super::sync::{lock, read, write};
 use super::sys::{self, EventFd, Readiness};
 use super::thread::Faults;
 use super::{now_ns, tx, Shared};
+use crate::sync::{lock, read, write};
 
 pub const MAX_QUEUED_HANDSHAKES: usize = 4096;
 pub const UNDER_LOAD_QUEUE_LENGTH: usize = MAX_QUEUED_HANDSHAKES / 8;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::session::Keypair;
 
-use super::sync::{read, write};
+use crate::sync::{read, write};
 
 #[derive(Default)]
 struct Slots {

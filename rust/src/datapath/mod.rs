@@ -31,7 +31,7 @@
 //! EADDRNOTAVAIL) forgets that source and is retried at once from the
 //! routing table's choice; a send that finds no path at all can hold the
 //! peer's packets (hold.rs); a full socket buffer is waited for at most
-//! tx::SEND_PATIENCE. Locks follow one rule (sync.rs).
+//! tx::SEND_PATIENCE. Locks follow one rule (rust/src/sync.rs).
 
 mod activity;
 mod endpoint;
@@ -47,7 +47,6 @@ pub mod pool;
 mod rx;
 mod staged;
 mod stats;
-mod sync;
 mod sys;
 mod thread;
 mod tx;
@@ -71,12 +70,12 @@ use crate::allowedips::AllowedIps;
 use crate::clock::{monotonic_now, Clock, SystemClock};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::noise::{Handshake, Identity};
+use crate::sync::{lock, read, write};
 use events::EventQueue;
 use handshake::{DeviceIdentity, Handshakes};
 use index::IndexTable;
 use peer::Peer;
 use stats::DeviceCounters;
-use sync::{lock, read, write};
 use thread::Worker;
 
 pub type PeerId = u64;

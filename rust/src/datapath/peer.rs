@@ -29,8 +29,8 @@ use super::endpoint::PeerEndpoint;
 use super::events::{Event, EventQueue};
 use super::keypairs::Keypairs;
 use super::staged::Staged;
-use super::sync::lock;
 use super::PeerId;
+use crate::sync::lock;
 
 pub struct Peer {
     id: PeerId,

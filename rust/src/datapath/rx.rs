@@ -11,18 +11,25 @@
 //!   stops here; otherwise trim the padding to the IP length, require that
 //!   the inner source address routes back to this same peer (longest-prefix
 //!   match; else count and drop), and write it to TUN.
+//! - Bookkeeping is per batch, not per packet (`Batch`): one clock reading,
+//!   one lookup of each receiver index under one lock, key confirmation and
+//!   the rekey check once per keypair, roaming only when the source differs
+//!   from the last packet's, activity added up per run of one keypair, the
+//!   allowed-IPs table read-locked once, the last route remembered.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
+use crate::allowedips::AllowedIps;
 use crate::clock::monotonic_now;
 use crate::error::Error;
 use crate::messages::{self, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT};
 use crate::session::{inner_packet_len, Keypair};
+use crate::sync::{read, write};
 
 use super::endpoint::Source;
 use super::events::Event;
@@ -30,10 +37,9 @@ use super::handshake::{handshake_complete, request_initiation};
 use super::offload;
 use super::peer::Peer;
 use super::stats::DeviceCounters;
-use super::sync::{read, write};
 use super::sys::{self, EventFd, Readiness, RecvBatch};
 use super::thread::Faults;
-use super::{inner_source, now_ns, tx, Shared, UdpSocket, MAX_PACKET};
+use super::{inner_source, tx, PeerId, Shared, UdpSocket, MAX_PACKET};
 
 const BATCH: usize = 64;
 
@@ -50,45 +56,21 @@ pub(crate) fn udp_loop(
         match sys::wait_readable(raw, stop) {
             Ok(Readiness::Readable) | Ok(Readiness::Error) => faults.woke(),
             Ok(Readiness::Stop) => return,
-            Err(e) => {
-                shared.events.push(Event::SocketError {
-                    error: e.to_string(),
-                });
-                return;
-            }
+            Err(e) => return socket_error(shared, &e),
         }
         loop {
             let n = match batch.recv(raw) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors surface here (ECONNREFUSED etc.); they are not fatal.
-                    if e.raw_os_error()
-                        .is_some_and(|c| c == libc::EBADF || c == libc::ENOTSOCK)
-                    {
-                        shared.events.push(Event::SocketError {
-                            error: e.to_string(),
-                        });
-                        return;
-                    }
-                    break;
+                // A dead socket ends the thread; ICMP errors (ECONNREFUSED
+                // etc.) also surface here and are not fatal.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
+                    return socket_error(shared, &e)
                 }
+                Err(_) => break,
             };
-            let now = monotonic_now();
-            let mut transport = sort_batch(shared, &mut batch, n, sock.gro);
-            shared.pool.for_each_chunk(&mut transport, |_, chunk| {
-                for t in chunk {
-                    t.opened = open(shared, t.msg, now);
-                }
-            });
-            for t in transport {
-                if let Some(range) = accept(shared, &t, now) {
-                    deliver(shared, &t.msg[range], &mut coalescer);
-                }
-            }
-            // Nothing waits in the coalescer across batches: latency first.
-            coalescer.flush(&mut |b: &[u8]| tun_write(shared, b));
+            receive(shared, &mut batch, n, sock.gro, &mut coalescer);
             if n < BATCH {
                 break;
             }
@@ -96,23 +78,52 @@ pub(crate) fn udp_loop(
     }
 }
 
+fn socket_error(shared: &Shared, e: &io::Error) {
+    shared.events.push(Event::SocketError {
+        error: e.to_string(),
+    });
+}
+
+/// Everything for one batch of datagrams.
+fn receive(
+    shared: &Shared,
+    batch: &mut RecvBatch,
+    n: usize,
+    gro: bool,
+    coalescer: &mut offload::Coalescer,
+) {
+    let now = monotonic_now();
+    let mut transport = sort_batch(shared, batch, n, gro);
+    let keys = Keys::look_up(shared, &mut transport);
+    shared.pool.for_each_chunk(&mut transport, |_, chunk| {
+        for t in chunk {
+            t.opened = open(shared, &keys, t, now);
+        }
+    });
+    let mut accepting = Accepting::new(shared, &keys, now);
+    for t in &transport {
+        if let Some(range) = accepting.accept(t) {
+            deliver(shared, &t.msg[range], coalescer);
+        }
+    }
+    accepting.finish();
+    // Nothing waits in the coalescer across batches: latency first.
+    coalescer.flush(&mut |b: &[u8]| tun_write(shared, b));
+}
+
 /// A transport message of the batch and what opening it gave.
 struct Transport<'a> {
     msg: &'a mut [u8],
     src: SocketAddr,
     local: Option<Source>,
-    opened: Option<Opened>,
+    /// Its keypair in the batch's `Keys`, if the receiver index named one.
+    key: Option<usize>,
+    /// The plaintext's range, once it authenticated.
+    opened: Option<Range<usize>>,
 }
 
-/// A message that authenticated: its peer, keypair and plaintext range.
-struct Opened {
-    peer: Arc<Peer>,
-    kp: Arc<Keypair>,
-    range: Range<usize>,
-}
-
-/// Splits the batch into datagrams: handshake messages go to the control
-/// plane at once, transport messages are returned in arrival order.
+/// Splits the batch into datagrams: handshake messages go to the handshake
+/// thread at once, transport messages are returned in arrival order.
 fn sort_batch<'a>(
     shared: &Shared,
     batch: &'a mut RecvBatch,
@@ -140,6 +151,7 @@ fn sort_batch<'a>(
                     msg,
                     src,
                     local: meta.local,
+                    key: None,
                     opened: None,
                 }),
                 _ => DeviceCounters::one(&shared.counters.rx_malformed),
@@ -147,6 +159,184 @@ fn sort_batch<'a>(
         }
     }
     transport
+}
+
+/// The keypairs the batch's receiver indices name, each looked up once.
+struct Keys {
+    found: Vec<(u32, Arc<Peer>, Arc<Keypair>)>,
+}
+
+impl Keys {
+    fn look_up(shared: &Shared, transport: &mut [Transport<'_>]) -> Self {
+        let mut found: Vec<(u32, Arc<Peer>, Arc<Keypair>)> = Vec::new();
+        let indices = read(&shared.indices);
+        for t in transport.iter_mut() {
+            let Ok(index) = messages::receiver_index(t.msg) else {
+                continue;
+            };
+            t.key = match found.iter().position(|(i, _, _)| *i == index) {
+                Some(k) => Some(k),
+                None => indices.keypair(index).map(|(peer, kp)| {
+                    found.push((index, peer, kp));
+                    found.len() - 1
+                }),
+            };
+        }
+        Self { found }
+    }
+
+    fn get(&self, key: usize) -> (&Arc<Peer>, &Arc<Keypair>) {
+        let (_, peer, kp) = &self.found[key];
+        (peer, kp)
+    }
+}
+
+/// Authenticates and decrypts in place (the replay window moves only after
+/// the tag verifies). Safe to run on any thread.
+fn open(
+    shared: &Shared,
+    keys: &Keys,
+    t: &mut Transport<'_>,
+    now: Duration,
+) -> Option<Range<usize>> {
+    let counters = &shared.counters;
+    let Some(key) = t.key else {
+        DeviceCounters::one(&counters.rx_unknown_index);
+        return None;
+    };
+    match keys.get(key).1.open_in_place(t.msg, now) {
+        Ok(range) => Some(range),
+        Err(Error::Replay) => {
+            DeviceCounters::one(&counters.rx_replayed);
+            None
+        }
+        Err(_) => {
+            DeviceCounters::one(&counters.rx_auth_failed);
+            None
+        }
+    }
+}
+
+/// What follows decryption, in arrival order, with the batch's bookkeeping.
+struct Accepting<'s> {
+    shared: &'s Shared,
+    keys: &'s Keys,
+    now: Duration,
+    now_ns: u64,
+    allowed: RwLockReadGuard<'s, AllowedIps<PeerId>>,
+    /// Keys whose confirmation and rekey checks are done.
+    checked: Vec<bool>,
+    last_roam: Option<(usize, SocketAddr, Option<Source>)>,
+    last_route: Option<(IpAddr, Option<PeerId>)>,
+    /// Activity of the current run of one keypair: (key, bytes, any data).
+    run: Option<(usize, u64, bool)>,
+}
+
+impl<'s> Accepting<'s> {
+    fn new(shared: &'s Shared, keys: &'s Keys, now: Duration) -> Self {
+        Self {
+            shared,
+            keys,
+            now,
+            now_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            allowed: read(&shared.allowed),
+            checked: vec![false; keys.found.len()],
+            last_roam: None,
+            last_route: None,
+            run: None,
+        }
+    }
+
+    /// Roaming, key confirmation, rekey request, timers; then the inner
+    /// packet's range if it goes to TUN.
+    fn accept(&mut self, t: &Transport<'_>) -> Option<Range<usize>> {
+        let (Some(range), Some(key)) = (t.opened.clone(), t.key) else {
+            return None;
+        };
+        let (peer, _) = self.keys.get(key);
+        self.roam(key, t);
+        self.check_key(key);
+        let plain = &t.msg[range.clone()];
+        self.count(key, t.msg.len() as u64, !plain.is_empty());
+        if plain.is_empty() {
+            return None; // a keepalive
+        }
+        let Some(len) = inner_packet_len(plain) else {
+            DeviceCounters::one(&self.shared.counters.rx_invalid_packet);
+            return None;
+        };
+        if self.route(&plain[..len]) != Some(peer.id()) {
+            peer.activity().invalid_source();
+            DeviceCounters::one(&self.shared.counters.rx_invalid_packet);
+            return None;
+        }
+        Some(range.start..range.start + len)
+    }
+
+    fn roam(&mut self, key: usize, t: &Transport<'_>) {
+        let this = Some((key, t.src, t.local));
+        if self.last_roam == this {
+            return;
+        }
+        self.last_roam = this;
+        let peer = self.keys.get(key).0;
+        if peer.endpoint().roam(t.src, t.local) {
+            peer.notify(&self.shared.events);
+        }
+    }
+
+    /// Once per keypair and batch: key confirmation, the receive-side rekey.
+    fn check_key(&mut self, key: usize) {
+        if std::mem::replace(&mut self.checked[key], true) {
+            return;
+        }
+        let (peer, kp) = self.keys.get(key);
+        if let Some(dropped) = peer.keypairs().confirm(kp) {
+            write(&self.shared.indices).free(dropped);
+            handshake_complete(self.shared, peer, self.now_ns);
+            tx::flush_staged(self.shared, peer);
+        }
+        if kp.needs_rekey_on_receive(self.now) && peer.claim_lastminute_handshake() {
+            request_initiation(self.shared, peer, false);
+        }
+    }
+
+    /// Adds a packet to the current run's activity.
+    fn count(&mut self, key: usize, bytes: u64, data: bool) {
+        match &mut self.run {
+            Some((k, b, d)) if *k == key => {
+                *b += bytes;
+                *d |= data;
+            }
+            _ => {
+                self.finish();
+                self.run = Some((key, bytes, data));
+            }
+        }
+    }
+
+    /// Records the current run's activity (one update for many packets).
+    fn finish(&mut self) {
+        if let Some((key, bytes, data)) = self.run.take() {
+            let peer = self.keys.get(key).0;
+            if peer.activity().received(self.now_ns, bytes, data) {
+                peer.notify(&self.shared.events);
+            }
+        }
+    }
+
+    /// The peer the packet's source address routes to (longest-prefix match).
+    fn route(&mut self, packet: &[u8]) -> Option<PeerId> {
+        let source = inner_source(packet)?;
+        match self.last_route {
+            Some((s, peer)) if s == source => peer,
+            _ => {
+                let peer = self.allowed.lookup(source);
+                self.last_route = Some((source, peer));
+                peer
+            }
+        }
+    }
 }
 
 fn tun_write(shared: &Shared, b: &[u8]) {
@@ -163,65 +353,4 @@ fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
     } else {
         tun_write(shared, packet);
     }
-}
-
-/// Finds the keypair and authenticates and decrypts in place (the replay
-/// window moves only after the tag verifies). Safe to run on any thread.
-fn open(shared: &Shared, msg: &mut [u8], now: Duration) -> Option<Opened> {
-    let counters = &shared.counters;
-    let found = messages::receiver_index(msg)
-        .ok()
-        .and_then(|index| read(&shared.indices).keypair(index));
-    let Some((peer, kp)) = found else {
-        DeviceCounters::one(&counters.rx_unknown_index);
-        return None;
-    };
-    match kp.open_in_place(msg, now) {
-        Ok(range) => Some(Opened { peer, kp, range }),
-        Err(Error::Replay) => {
-            DeviceCounters::one(&counters.rx_replayed);
-            None
-        }
-        Err(_) => {
-            DeviceCounters::one(&counters.rx_auth_failed);
-            None
-        }
-    }
-}
-
-/// Everything after decryption, in arrival order: roaming, key confirmation,
-/// rekey request, timers; then the inner packet's range if it goes to TUN.
-fn accept(shared: &Shared, t: &Transport<'_>, now: Duration) -> Option<Range<usize>> {
-    let Opened { peer, kp, range } = t.opened.as_ref()?;
-    let mut notify = peer.endpoint().roam(t.src, t.local);
-    if let Some(dropped) = peer.keypairs().confirm(kp) {
-        write(&shared.indices).free(dropped);
-        handshake_complete(shared, peer, now_ns());
-        tx::flush_staged(shared, peer);
-    }
-    if kp.needs_rekey_on_receive(now) && peer.claim_lastminute_handshake() {
-        request_initiation(shared, peer, false);
-    }
-    let plain = &t.msg[range.clone()];
-    notify |= peer
-        .activity()
-        .received(now_ns(), t.msg.len() as u64, !plain.is_empty());
-    if notify {
-        peer.notify(&shared.events);
-    }
-    if plain.is_empty() {
-        return None;
-    }
-    let Some(len) = inner_packet_len(plain) else {
-        DeviceCounters::one(&shared.counters.rx_invalid_packet);
-        return None;
-    };
-    let packet = &plain[..len];
-    let routed = inner_source(packet).and_then(|s| read(&shared.allowed).lookup(s));
-    if routed != Some(peer.id()) {
-        peer.activity().invalid_source();
-        DeviceCounters::one(&shared.counters.rx_invalid_packet);
-        return None;
-    }
-    Some(range.start..range.start + len)
 }

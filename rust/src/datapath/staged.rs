@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::sync::lock;
+use crate::sync::lock;
 
 pub const MAX_STAGED: usize = 128;
 

@@ -489,7 +489,6 @@ pub fn send_batch(
 ) -> Result<(), SendError> {
     let deadline = Instant::now() + patience;
     let mut sent = 0;
-    let mut scratch = Vec::new();
     while sent < packets.len() {
         let run = if gso.load(Ordering::Relaxed) {
             gso_run(&packets[sent..])
@@ -509,14 +508,7 @@ pub fn send_batch(
             sent = end;
             continue;
         }
-        match send_gso(
-            fd,
-            dst,
-            src,
-            &packets[sent..sent + run],
-            &mut scratch,
-            deadline,
-        ) {
+        match send_gso(fd, dst, src, &packets[sent..sent + run], deadline) {
             Ok(()) => sent += run,
             Err(e) if is_stale_source_error(&e) && src.is_some() => {
                 return Err(SendError { sent, error: e })
@@ -559,37 +551,39 @@ fn gso_refused(e: &io::Error) -> bool {
     )
 }
 
+/// One UDP GSO send of `run` (equal-sized datagrams, the last may be
+/// shorter), straight from the datagrams' own buffers (one iovec each):
+/// the kernel cuts the concatenation at the segment size.
 fn send_gso(
     fd: RawFd,
     dst: &SocketAddr,
     src: Option<(IpAddr, u32)>,
     run: &[&[u8]],
-    scratch: &mut Vec<u8>,
     deadline: Instant,
 ) -> io::Result<()> {
-    scratch.clear();
-    for p in run {
-        scratch.extend_from_slice(p);
-    }
     let (mut name, namelen) = sockaddr_from_std(dst);
     let mut cmsg = CmsgBuf([0; CMSG_SPACE]);
     let segment = u16::try_from(run[0].len()).unwrap_or(u16::MAX);
     let cmsg_len = build_control(&mut cmsg, src, Some(segment));
-    let mut iov = libc::iovec {
-        iov_base: scratch.as_mut_ptr().cast(),
-        iov_len: scratch.len(),
-    };
+    // SAFETY: all-zero iovecs are valid; the first run.len() are set below.
+    let mut iovs: [libc::iovec; GSO_MAX_SEGMENTS] = unsafe { zeroed() };
+    for (iov, p) in iovs.iter_mut().zip(run) {
+        *iov = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+    }
     // SAFETY: all-zero msghdr is valid; every pointer set references a live
-    // local (name, iov -> scratch, cmsg) for the duration of the call.
+    // local (name, iovs -> the datagrams, cmsg) for the duration of the call.
     let mut h: libc::msghdr = unsafe { zeroed() };
     h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
     h.msg_namelen = namelen;
-    h.msg_iov = &mut iov;
-    h.msg_iovlen = 1;
+    h.msg_iov = iovs.as_mut_ptr();
+    h.msg_iovlen = run.len().min(GSO_MAX_SEGMENTS);
     h.msg_control = cmsg.0.as_mut_ptr().cast();
     h.msg_controllen = cmsg_len;
     loop {
-        // SAFETY: `h` describes live buffers, see above.
+        // SAFETY: `h` describes live buffers, see above; the kernel only reads them.
         let rc = unsafe { libc::sendmsg(fd, &h, libc::MSG_DONTWAIT) };
         if rc >= 0 {
             return Ok(());

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +30,10 @@ use super::hold;
 use super::offload;
 use super::peer::Peer;
 use super::stats::DeviceCounters;
-use super::sync::read;
 use super::sys::{self, EventFd, Readiness, SendError};
 use super::thread::Faults;
-use super::{inner_destination, now_ns, PeerId, Shared, MAX_PACKET};
+use super::{inner_destination, now_ns, PeerId, Shared};
+use crate::sync::read;
 
 /// How long a sender waits for room in a full socket buffer before dropping.
 pub(crate) const SEND_PATIENCE: Duration = Duration::from_millis(100);
@@ -43,112 +43,140 @@ const BATCH: usize = 64;
 const MAX_INNER: usize = 65535;
 /// Largest TSO packet the kernel hands over (GSO_MAX_SIZE plus headers).
 const MAX_TSO: usize = 65536 + 256;
+/// A batch buffer: the transport header, then the largest read, then room
+/// for padding and the tag (sealing happens in place).
+const BUF_LEN: usize = TRANSPORT_HEADER_LEN + offload::VNET_HDR_LEN + MAX_TSO + 64;
+/// Reads per wake-up at most, so sending is never starved.
+const MAX_READS: usize = 32;
 
-/// Reusable buffers for reads that carry a virtio-net header.
-struct OffloadReader {
-    read: Vec<u8>,
-    scratch: Vec<u8>,
+/// Packets read from the TUN device, each 16 bytes into its buffer so it is
+/// sealed where it lies. A packet read with a virtio-net header lands with
+/// the header just before it, so an ordinary packet is never copied; a GSO
+/// packet is moved aside (`gso`) and cut straight into the next buffers.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    lens: [usize; BATCH],
+    n: usize,
+    gso: Vec<u8>,
 }
 
-/// Reads until the device is drained (or a bounded number of reads), cutting
-/// TSO packets into MTU-sized ones; sends a full batch whenever one fills.
-/// Returns how many packets are left in `bufs` to send.
-fn read_offloaded(
-    shared: &Shared,
-    fd: std::os::fd::RawFd,
-    reader: &mut OffloadReader,
-    bufs: &mut [Vec<u8>],
-    lens: &mut [usize],
-) -> io::Result<usize> {
-    const MAX_READS: usize = 32;
-    let mut n = 0;
-    for _ in 0..MAX_READS {
-        let len = match sys::read(fd, &mut reader.read) {
-            Ok(0) => break,
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let result = offload::split_read(&mut reader.read[..len], &mut reader.scratch, |packet| {
-            if n == bufs.len() {
-                route_and_send(shared, &mut bufs[..n], &lens[..n]);
-                n = 0;
-            }
-            let len = packet.len().min(MAX_INNER);
-            bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
-                .copy_from_slice(&packet[..len]);
-            lens[n] = len;
-            n += 1;
-        });
-        if result.is_err() {
-            DeviceCounters::one(&shared.counters.tx_dropped);
+impl Batch {
+    fn new() -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect(),
+            lens: [0; BATCH],
+            n: 0,
+            gso: vec![0u8; BUF_LEN],
         }
     }
-    Ok(n)
+
+    /// Routes, seals and sends what the batch holds, and empties it.
+    fn send(&mut self, shared: &Shared) {
+        route_and_send(shared, &mut self.bufs[..self.n], &self.lens[..self.n]);
+        self.n = 0;
+    }
+
+    fn make_room(&mut self, shared: &Shared) {
+        if self.n == BATCH {
+            self.send(shared);
+        }
+    }
+
+    /// Reads one packet from the TUN device into the batch; false when the
+    /// device has nothing more to read now.
+    fn read(&mut self, shared: &Shared, fd: RawFd) -> io::Result<bool> {
+        self.make_room(shared);
+        let at = if shared.vnet_hdr {
+            TRANSPORT_HEADER_LEN - offload::VNET_HDR_LEN
+        } else {
+            TRANSPORT_HEADER_LEN
+        };
+        let buf = &mut self.bufs[self.n];
+        let len = match sys::read(fd, &mut buf[at..]) {
+            Ok(0) => return Ok(false),
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if !shared.vnet_hdr {
+            self.push(len.min(MAX_INNER));
+        } else if is_gso(&buf[at..at + len]) {
+            std::mem::swap(buf, &mut self.gso);
+            self.cut(shared, at, len);
+        } else {
+            let packet = match offload::read_packets(&mut buf[at..at + len]) {
+                Ok(offload::Read::One(packet)) => Some(packet.len()),
+                _ => None,
+            };
+            match packet {
+                Some(len) => self.push(len),
+                None => DeviceCounters::one(&shared.counters.tx_dropped),
+            }
+        }
+        Ok(true)
+    }
+
+    fn push(&mut self, len: usize) {
+        self.lens[self.n] = len;
+        self.n += 1;
+    }
+
+    /// Cuts the GSO packet at `gso[at..at + len]` into the batch's buffers.
+    fn cut(&mut self, shared: &Shared, at: usize, len: usize) {
+        let Batch { bufs, lens, n, gso } = self;
+        let Ok(offload::Read::Pieces(pieces)) = offload::read_packets(&mut gso[at..at + len])
+        else {
+            DeviceCounters::one(&shared.counters.tx_dropped);
+            return;
+        };
+        for i in 0..pieces.count() {
+            if *n == BATCH {
+                route_and_send(shared, &mut bufs[..*n], &lens[..*n]);
+                *n = 0;
+            }
+            match pieces.write(i, &mut bufs[*n][TRANSPORT_HEADER_LEN..]) {
+                Ok(piece) => {
+                    lens[*n] = piece;
+                    *n += 1;
+                }
+                Err(_) => DeviceCounters::one(&shared.counters.tx_dropped),
+            }
+        }
+    }
+}
+
+fn is_gso(read: &[u8]) -> bool {
+    offload::VnetHdr::parse(read).is_some_and(|h| h.gso_type & !offload::GSO_ECN != 0)
 }
 
 pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd, faults: &mut Faults) {
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
-    let mut reader = OffloadReader {
-        read: vec![0u8; offload::VNET_HDR_LEN + MAX_TSO],
-        scratch: Vec::new(),
-    };
-    let mut lens = [0usize; BATCH];
+    let mut batch = Batch::new();
     let fd = shared.tun_fd();
     loop {
         match sys::wait_readable(fd, stop) {
             Ok(Readiness::Readable) => faults.woke(),
             Ok(Readiness::Stop) => return,
             Ok(Readiness::Error) => {
-                shared.events.push(Event::TunClosed {
-                    error: "TUN device reported an error (deleted?)".into(),
-                });
-                return;
+                return tun_closed(shared, "TUN device reported an error (deleted?)")
             }
-            Err(e) => {
-                shared.events.push(Event::TunClosed {
-                    error: e.to_string(),
-                });
-                return;
+            Err(e) => return tun_closed(shared, &e.to_string()),
+        }
+        for _ in 0..MAX_READS {
+            match batch.read(shared, fd) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return tun_closed(shared, &e.to_string()),
             }
         }
-        let n = if shared.vnet_hdr {
-            match read_offloaded(shared, fd, &mut reader, &mut bufs, &mut lens) {
-                Ok(n) => n,
-                Err(e) => {
-                    shared.events.push(Event::TunClosed {
-                        error: e.to_string(),
-                    });
-                    return;
-                }
-            }
-        } else {
-            let mut n = 0;
-            while n < BATCH {
-                match sys::read(
-                    fd,
-                    &mut bufs[n][TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER],
-                ) {
-                    Ok(0) => break,
-                    Ok(len) => {
-                        lens[n] = len;
-                        n += 1;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        shared.events.push(Event::TunClosed {
-                            error: e.to_string(),
-                        });
-                        return;
-                    }
-                }
-            }
-            n
-        };
-        route_and_send(shared, &mut bufs[..n], &lens[..n]);
+        batch.send(shared);
     }
+}
+
+fn tun_closed(shared: &Shared, error: &str) {
+    shared.events.push(Event::TunClosed {
+        error: error.to_string(),
+    });
 }
 
 fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {

@@ -14,11 +14,13 @@
 //!   single packets get a header saying DATA_VALID: the AEAD already proved
 //!   the packet intact, so the kernel need not verify its checksums again.
 
+mod checksum;
 mod coalesce;
 mod segment;
 
+pub use checksum::{add, copy_and_sum, fold, sum16};
 pub use coalesce::Coalescer;
-pub use segment::{segment_tcp, segment_udp};
+pub use segment::{segment_tcp, segment_udp, Segments};
 
 pub const VNET_HDR_LEN: usize = 10;
 pub const F_NEEDS_CSUM: u8 = 1;
@@ -80,25 +82,6 @@ impl VnetHdr {
 pub enum OffloadError {
     Malformed,
     Unsupported,
-}
-
-/// Ones' complement sum of `data` (big-endian 16-bit words) added to `sum`.
-pub fn sum16(data: &[u8], mut sum: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    sum
-}
-
-pub fn fold(mut sum: u64) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Completes a partial checksum (NEEDS_CSUM) in place.
@@ -218,12 +201,16 @@ fn set_ipv4_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Turns one TUN read (virtio header + packet) into plain IP packets.
-pub fn split_read(
-    read: &mut [u8],
-    scratch: &mut Vec<u8>,
-    mut emit: impl FnMut(&[u8]),
-) -> Result<usize, OffloadError> {
+/// What one TUN read (virtio header + packet) holds.
+pub enum Read<'a> {
+    /// One IP packet, its checksum completed in place.
+    One(&'a [u8]),
+    /// A GSO packet standing for several.
+    Pieces(Segments<'a>),
+}
+
+/// Parses one TUN read (virtio header + packet).
+pub fn read_packets(read: &mut [u8]) -> Result<Read<'_>, OffloadError> {
     let h = VnetHdr::parse(read).ok_or(OffloadError::Malformed)?;
     let packet = &mut read[VNET_HDR_LEN..];
     match h.gso_type & !GSO_ECN {
@@ -235,14 +222,47 @@ pub fn split_read(
                     usize::from(h.csum_offset),
                 )?;
             }
-            emit(packet);
-            Ok(1)
+            Ok(Read::One(packet))
         }
-        GSO_TCPV4 | GSO_TCPV6 => segment_tcp(packet, usize::from(h.gso_size), scratch, emit),
-        GSO_UDP_L4 => segment_udp(packet, usize::from(h.gso_size), scratch, emit),
+        GSO_TCPV4 | GSO_TCPV6 => Ok(Read::Pieces(Segments::new(
+            packet,
+            PROTO_TCP,
+            usize::from(h.gso_size),
+        )?)),
+        GSO_UDP_L4 => Ok(Read::Pieces(Segments::new(
+            packet,
+            PROTO_UDP,
+            usize::from(h.gso_size),
+        )?)),
         _ => Err(OffloadError::Unsupported),
     }
 }
+
+/// `read_packets` as a stream of packets: `emit` gets each (GSO pieces
+/// built in `scratch`); returns how many. For tests and the fuzz target.
+pub fn split_read(
+    read: &mut [u8],
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    match read_packets(read)? {
+        Read::One(packet) => {
+            emit(packet);
+            Ok(1)
+        }
+        Read::Pieces(pieces) => {
+            scratch.resize(MAX_PIECE, 0);
+            for i in 0..pieces.count() {
+                let n = pieces.write(i, scratch)?;
+                emit(&scratch[..n]);
+            }
+            Ok(pieces.count())
+        }
+    }
+}
+
+/// The longest packet a GSO piece can be (an IP packet).
+pub const MAX_PIECE: usize = 65535;
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -3,22 +3,117 @@
 //! lengths, IPv4 id (incremented per piece) and header checksum, and a full
 //! transport checksum per piece. TCP also gets its sequence number advanced
 //! and FIN/PSH only on the last piece, CWR only on the first.
+//!
+//! Each piece is written straight into the buffer it will be encrypted in
+//! (`Segments::write`), its payload copied once and summed while it is in
+//! the cache (checksum.rs).
 
+use super::checksum::{add, copy_and_sum, fold, sum16};
 use super::{Layout, OffloadError, PROTO_TCP, PROTO_UDP};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
+/// A TSO or UDP GSO packet and how to cut it.
+pub struct Segments<'a> {
+    packet: &'a [u8],
+    layout: Layout,
+    gso_size: usize,
+    pieces: usize,
+    seq0: u32,
+    id0: u16,
+}
+
+impl<'a> Segments<'a> {
+    /// A TCP (TSO) or UDP (UDP_L4) GSO packet with `gso_size` payload bytes per piece.
+    pub fn new(packet: &'a [u8], proto: u8, gso_size: usize) -> Result<Self, OffloadError> {
+        if gso_size == 0 {
+            return Err(OffloadError::Malformed);
+        }
+        let layout = Layout::of(packet)?;
+        if layout.proto != proto {
+            return Err(OffloadError::Unsupported);
+        }
+        let at = |i: usize| packet[layout.ip_len + i];
+        let payload = packet.len() - layout.hdr;
+        Ok(Self {
+            packet,
+            layout,
+            gso_size,
+            // A GSO packet without payload still yields one (header-only) packet.
+            pieces: payload.div_ceil(gso_size).max(1),
+            seq0: u32::from_be_bytes([at(4), at(5), at(6), at(7)]),
+            id0: u16::from_be_bytes([packet[4], packet[5]]),
+        })
+    }
+
+    /// How many packets this one stands for.
+    pub fn count(&self) -> usize {
+        self.pieces
+    }
+
+    fn chunk(&self, i: usize) -> &'a [u8] {
+        let payload = &self.packet[self.layout.hdr..];
+        let start = (i * self.gso_size).min(payload.len());
+        &payload[start..(start + self.gso_size).min(payload.len())]
+    }
+
+    /// Writes piece `i` into the start of `out`; returns its length.
+    pub fn write(&self, i: usize, out: &mut [u8]) -> Result<usize, OffloadError> {
+        let (l, hdr) = (&self.layout, self.layout.hdr);
+        let chunk = self.chunk(i);
+        let total = hdr + chunk.len();
+        if i >= self.pieces || out.len() < total {
+            return Err(OffloadError::Malformed);
+        }
+        let out = &mut out[..total];
+        out[..hdr].copy_from_slice(&self.packet[..hdr]);
+        let payload_sum = copy_and_sum(&mut out[hdr..], chunk, 0);
+        if !l.is_v6 {
+            out[4..6].copy_from_slice(&self.id0.wrapping_add(i as u16).to_be_bytes());
+        }
+        l.set_lengths(out, total)?;
+        if l.proto == PROTO_TCP {
+            self.fix_tcp(out, i);
+        }
+        let field = l.ip_len + l.csum_offset();
+        out[field..field + 2].fill(0);
+        let header_sum = sum16(
+            &out[l.ip_len..hdr],
+            l.pseudo_header_sum(out, total - l.ip_len),
+        );
+        let mut c = !fold(add(header_sum, payload_sum));
+        if c == 0 && l.proto == PROTO_UDP {
+            c = 0xffff; // zero means "no checksum" in UDP
+        }
+        out[field..field + 2].copy_from_slice(&c.to_be_bytes());
+        Ok(total)
+    }
+
+    fn fix_tcp(&self, out: &mut [u8], i: usize) {
+        let ip_len = self.layout.ip_len;
+        let seq = self.seq0.wrapping_add((i * self.gso_size) as u32);
+        out[ip_len + 4..ip_len + 8].copy_from_slice(&seq.to_be_bytes());
+        let flags = &mut out[ip_len + 13];
+        if i + 1 != self.pieces {
+            *flags &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            *flags &= !TCP_CWR;
+        }
+    }
+}
+
 /// Cuts a TSO packet into MSS-sized TCP/IP packets. `emit` gets each piece
-/// in order (as a contiguous packet); returns how many were emitted.
+/// in order (built in `scratch`); returns how many were emitted.
 pub fn segment_tcp(
     packet: &[u8],
     gso_size: usize,
     scratch: &mut Vec<u8>,
     emit: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    segment(packet, PROTO_TCP, gso_size, scratch, emit)
+    segment(Segments::new(packet, PROTO_TCP, gso_size)?, scratch, emit)
 }
 
 /// Cuts a UDP GSO packet (UDP_SEGMENT) into datagrams of `gso_size` payload
@@ -29,60 +124,20 @@ pub fn segment_udp(
     scratch: &mut Vec<u8>,
     emit: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    segment(packet, PROTO_UDP, gso_size, scratch, emit)
+    segment(Segments::new(packet, PROTO_UDP, gso_size)?, scratch, emit)
 }
 
 fn segment(
-    packet: &[u8],
-    proto: u8,
-    gso_size: usize,
+    segments: Segments<'_>,
     scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    if gso_size == 0 {
-        return Err(OffloadError::Malformed);
+    scratch.resize(segments.packet.len(), 0);
+    for i in 0..segments.count() {
+        let n = segments.write(i, scratch)?;
+        emit(&scratch[..n]);
     }
-    let layout = Layout::of(packet)?;
-    if layout.proto != proto {
-        return Err(OffloadError::Unsupported);
-    }
-    let (ip_len, hdr) = (layout.ip_len, layout.hdr);
-    let payload = &packet[hdr..];
-    let seq0 = u32::from_be_bytes([
-        packet[ip_len + 4],
-        packet[ip_len + 5],
-        packet[ip_len + 6],
-        packet[ip_len + 7],
-    ]);
-    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
-    let pieces = payload.len().div_ceil(gso_size).max(1);
-    for (i, chunk) in payload.chunks(gso_size).enumerate().chain(
-        // A GSO packet without payload still yields one (header-only) packet.
-        (payload.is_empty()).then_some((0, &payload[..0])),
-    ) {
-        scratch.clear();
-        scratch.extend_from_slice(&packet[..hdr]);
-        scratch.extend_from_slice(chunk);
-        if !layout.is_v6 {
-            scratch[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        }
-        let total = scratch.len();
-        layout.set_lengths(scratch, total)?;
-        if proto == PROTO_TCP {
-            let seq = seq0.wrapping_add((i * gso_size) as u32);
-            scratch[ip_len + 4..ip_len + 8].copy_from_slice(&seq.to_be_bytes());
-            let flags = &mut scratch[ip_len + 13];
-            if i + 1 != pieces {
-                *flags &= !(TCP_FIN | TCP_PSH);
-            }
-            if i > 0 {
-                *flags &= !TCP_CWR;
-            }
-        }
-        layout.set_transport_checksum(scratch);
-        emit(scratch);
-    }
-    Ok(pieces)
+    Ok(segments.count())
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! The data plane's one rule for lock poisoning, stated once.
+//! The crate's one rule for lock poisoning, stated once; every lock is taken
+//! through these helpers.
 //!
 //! A lock is poisoned when a thread panics while holding it. In wgpy a panic
 //! never unwinds past the thread it happened in: a data-plane thread that
-//! panics aborts the process (thread.rs), and the extension module is built
-//! with `panic = "abort"` (Cargo.toml), so nobody is left to see a poisoned
-//! lock. These helpers therefore take the guard either way; no caller has to
-//! invent an error, a silent skip or a fallback for a state that cannot occur.
+//! panics aborts the process (datapath/thread.rs), and the extension module
+//! is built with `panic = "abort"` (Cargo.toml), so nobody is left to see a
+//! poisoned lock. These helpers therefore take the guard either way; no
+//! caller has to invent an error, a silent skip or a fallback for a state
+//! that cannot occur.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
