@@ -1,4 +1,4 @@
-"""`python3 -m bench.handover`: the handover table of issue 7, wgpy next to
+"""`python3 -m bench.handover`: the handover tables, wgpy next to
 wireguard-go as the client, from the same run.
 
 Each measurement is one handover in a fresh lab (tests/handover_lab.py:
@@ -21,6 +21,20 @@ run by run. Per client:
 which the stream flows with no gap over 100 ms; a run still broken
 --max-wait seconds later counts as "never". Medians over --runs runs.
 
+Two more scenarios concern endpoints by name (tests/names_lab.py; the
+client knows the server as `wgsrv.test`: wgpy keeps the name, wireguard-go
+is given it through `wg set`, which resolves it once):
+
+- family-switch: the client's uplink goes from IPv4-only to IPv6-only, the
+  server being dual-stack with an A and an AAAA record;
+- moving-server: the server's address changes and its DNS record follows
+  (TTL 1 s), the client behind a stateful firewall.
+
+For those, each run measures, in a fresh lab, a downlink UDP stream, an
+uplink one and a paced TCP stream together: when each resumes after the
+switch (family-switch: the old path removed; moving-server: the record
+changed) and whether the TCP connection survives.
+
 Exit status: 0 measured and printed, 2 missing precondition or bad usage.
 """
 
@@ -36,12 +50,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from handover_lab import SCENARIOS, RunResult, build, median, run_handovers
+from handover_lab import SCENARIOS, HandoverLab, RunResult, build, median, run_handovers
+from names_lab import FAMILY_SWITCH, MOVING_SERVER, build_family, build_moving
 from netns import NetnsLab, remove_stale_namespaces, root_netns_unavailable_reason
 from wgnet import WGPY, WIREGUARD_GO
 
 CLIENTS = (WGPY, WIREGUARD_GO)
 KEEPALIVES = (0, 5, 25)
+NAME_SCENARIOS = (FAMILY_SWITCH, MOVING_SERVER)
 
 
 @dataclass
@@ -108,6 +124,67 @@ def measure(
     return out
 
 
+def _one_named(work: Path, scenario: str, client: str, server: str, max_wait: float) -> RunResult:
+    lab = NetnsLab(Path(tempfile.mkdtemp(prefix="names-", dir=work)))
+    try:
+        builder = build_family if scenario == FAMILY_SWITCH else build_moving
+        h: HandoverLab = builder(lab, client_impl=client, server_impl=server)
+        [result] = run_handovers(
+            h, 1, downlink=True, uplink=True, tcp=True, before=1.0, after=1.0, max_after=max_wait
+        )
+        return result
+    finally:
+        lab.cleanup()
+
+
+def measure_named(
+    scenario: str,
+    server: str,
+    runs: int,
+    max_wait: float,
+    work: Path,
+    progress: Callable[[str], None],
+    clients: Sequence[str] = CLIENTS,
+) -> dict[str, list[RunResult]]:
+    """The endpoint-name scenarios: per client, one result per run."""
+    out: dict[str, list[RunResult]] = {c: [] for c in clients}
+    for run in range(runs):
+        for client in clients if run % 2 == 0 else list(reversed(clients)):
+            t0 = time.monotonic()
+            r = _one_named(work, scenario, client, server, max_wait)
+            out[client].append(r)
+            progress(
+                f"{scenario} run {run + 1}/{runs} {client:12} downlink "
+                f"{_seconds(r.downlink_resume, max_wait):>10}  ({time.monotonic() - t0:.1f} s)"
+            )
+    return out
+
+
+def named_table(results: dict[str, list[RunResult]], max_wait: float, runs: int) -> str:
+    rows: list[tuple[str, Callable[[list[RunResult]], str]]] = [
+        (
+            "downlink UDP (server -> client, 200 pkt/s) resumes",
+            lambda rs: _resume_cell(rs, lambda r: r.downlink_resume, max_wait),
+        ),
+        (
+            "uplink UDP (client -> server, 50 pkt/s) resumes",
+            lambda rs: _resume_cell(rs, lambda r: r.uplink_resume, max_wait),
+        ),
+        (
+            "TCP stream through the tunnel: survives / median longest stall",
+            lambda rs: (
+                f"{sum(1 for r in rs if r.tcp_intact)}/{len(rs)}; "
+                + _seconds(median([r.tcp_stall for r in rs if r.tcp_intact]), max_wait)
+            ),
+        ),
+    ]
+    header = "| what | " + " | ".join(f"{c} (median of {runs})" for c in results) + " |"
+    lines = [header, "|---" * (len(results) + 1) + "|"]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(rs) for rs in results.values()) + " |")
+    return "\n".join(lines)
+
+
 def _seconds(v: float | None, max_wait: float) -> str:
     if v is None or v == float("inf"):
         return f"> {max_wait:g} s"
@@ -158,13 +235,13 @@ def table(results: list[Measured], max_wait: float, runs: int) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python3 -m bench.handover",
-        description="Issue 7's handover table: wgpy and wireguard-go as the moving client.",
+        description="Handover tables: wgpy and wireguard-go as the moving client.",
     )
     p.add_argument("--runs", type=int, default=5, help="handovers per cell (default 5)")
     p.add_argument(
         "--max-wait", type=float, default=40.0, help="seconds before a run counts as never (40)"
     )
-    p.add_argument("--scenario", choices=SCENARIOS, default=SCENARIOS[0])
+    p.add_argument("--scenario", choices=SCENARIOS + NAME_SCENARIOS, default=SCENARIOS[0])
     p.add_argument(
         "--server", choices=CLIENTS, default=WIREGUARD_GO, help="the server's implementation"
     )
@@ -194,18 +271,28 @@ def main(argv: list[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    named = args.scenario in NAME_SCENARIOS
+    if named and shutil.which("dnsmasq") is None:
+        print("bench.handover: needs dnsmasq", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="wgpy-handover-") as work:
         started = time.monotonic()
-        results = measure(
-            args.scenario, args.server, args.runs, args.max_wait, Path(work), progress, clients
-        )
+        what = (args.scenario, args.server, args.runs, args.max_wait, Path(work), progress, clients)
+        if named:
+            per_client = measure_named(*what)
+            text = named_table(per_client, args.max_wait, args.runs)
+            dump: object = {c: [asdict(r) for r in rs] for c, rs in per_client.items()}
+        else:
+            measured = measure(*what)
+            text = table(measured, args.max_wait, args.runs)
+            dump = [asdict(m) for m in measured]
     print(
         f"Handover ({args.scenario}), server {args.server}, {args.runs} runs per cell, "
         f"{time.monotonic() - started:.0f} s in all\n"
     )
-    print(table(results, args.max_wait, args.runs))
+    print(text)
     if args.json:
-        args.json.write_text(json.dumps([asdict(m) for m in results], indent=2))
+        args.json.write_text(json.dumps(dump, indent=2))
     return 0
 
 

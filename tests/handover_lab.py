@@ -47,7 +47,7 @@ from pathlib import Path
 
 from netns import BackgroundProcess, Namespace, NetnsLab, wait_until
 from transfer import start_tcp_transfer
-from wgnet import Node, start_node
+from wgnet import Node, endpoint_text, start_node
 
 MAKE_BEFORE_BREAK = "make-before-break"
 BREAK_BEFORE_MAKE = "break-before-make"
@@ -358,7 +358,7 @@ def run_handovers(
             )
         time.sleep(before)
         sw = h.switch()
-        expected = f"{sw.new_address}:{CLIENT_PORT}"
+        expected = endpoint_text(sw.new_address, CLIENT_PORT)
         endpoint_after: float | None = None
         seen = ""
         while True:
@@ -428,3 +428,34 @@ def median(values: Sequence[float | None]) -> float | None:
         return None
     m = statistics.median([float("inf") if v is None else v for v in values])
     return None if m == float("inf") else m
+
+
+def _fmt(v: float | bool | int | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "inf" if v == float("inf") else f"{v:.3f}"
+    return str(v)
+
+
+def table(results: list[RunResult]) -> str:
+    """One line per run, for failure reports and the benchmark."""
+    cols = (
+        "run downlink_resume downlink_outage uplink_resume uplink_lost "
+        "tcp_intact tcp_stall tcp_after_path endpoint_after endpoint_seen"
+    ).split()
+    lines = ["  ".join(cols)]
+    for r in results:
+        values = [
+            r.run,
+            r.downlink_resume,
+            r.downlink_outage,
+            r.uplink_resume,
+            r.uplink_lost,
+            r.tcp_intact,
+            r.tcp_stall,
+            r.tcp_stall_after_path,
+            r.endpoint_after,
+        ]
+        lines.append("  ".join(_fmt(v) for v in values) + f"  {r.endpoint_seen}")
+    return "\n".join(lines)

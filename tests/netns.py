@@ -4,7 +4,8 @@ Everything is made through a `NetnsLab`, which records it and undoes it in
 `NetnsLab.cleanup()`: background processes are killed (their whole process
 group), UDP/raw sockets opened inside namespaces are closed, the UAPI sockets
 `/var/run/wireguard/<iface>.sock` of interface names the lab handed out are
-removed, links are deleted and the namespaces are deleted. Names carry a random
+removed, links are deleted and the namespaces are deleted, with their
+/etc/netns/<name> files. Names carry a random
 suffix, because `/var/run/wireguard` and `/run/netns` are shared by every
 namespace and every concurrent test run; namespace names also carry the
 creating pid (`wgpyt-<pid>-<hex>`), so `remove_stale_namespaces()` can delete
@@ -41,6 +42,8 @@ from interop.proc import run_command
 
 NAME_PREFIX = "wgpyt-"
 NETNS_DIR = Path("/run/netns")
+# Files `ip netns exec` bind-mounts over /etc for processes it starts in NAME.
+NETNS_ETC_DIR = Path("/etc/netns")
 WG_RUN_DIR = Path("/var/run/wireguard")
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 16  # including the terminating NUL
@@ -95,6 +98,7 @@ def remove_stale_namespaces() -> list[str]:
             continue
         if run(["ip", "netns", "delete", path.name], check=False).returncode == 0:
             removed.append(path.name)
+            shutil.rmtree(NETNS_ETC_DIR / path.name, ignore_errors=True)
     return removed
 
 
@@ -286,6 +290,17 @@ class Namespace:
         self.lab.track_socket(sock)
         return sock
 
+    def etc_file(self, name: str, text: str) -> Path:
+        """Writes /etc/netns/<ns>/<name>: what processes started in this
+        namespace from now on see as /etc/<name> (`ip netns exec` bind-mounts
+        it). Rewritten later in place, the change is seen at once. Removed at
+        cleanup."""
+        path = NETNS_ETC_DIR / self.name / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:  # in place: the same inode
+            f.write(text)
+        return path
+
     def udp_listening(self, port: int) -> bool:
         """Whether some UDP socket in this namespace is bound to `port`."""
         out = self.run(["ss", "-H", "-u", "-l", "-n", f"sport = :{port}"], check=False)
@@ -439,6 +454,8 @@ class NetnsLab:
                 run(["ip", "netns", "delete", ns.name])
             except (CommandError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"deleting namespace {ns.name}: {exc}")
+        for ns in self.namespaces:
+            shutil.rmtree(NETNS_ETC_DIR / ns.name, ignore_errors=True)
         left = [ns.name for ns in self.namespaces if (NETNS_DIR / ns.name).exists()]
         if left:
             problems.append(f"namespaces still present: {left}")

@@ -26,11 +26,11 @@ from handover_lab import (
     CLIENT_UPLINK,
     SCENARIOS,
     HandoverLab,
-    RunResult,
     build,
     median,
     resume_after,
     run_handovers,
+    table,
 )
 from netns import NetnsLab, entered_netns, require_programs, require_tun
 from wgnet import WGPY, WIREGUARD_GO
@@ -48,36 +48,6 @@ def _needs_tools() -> None:
     require_tun()
 
 
-def _fmt(v: float | bool | int | None) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "inf" if v == float("inf") else f"{v:.3f}"
-    return str(v)
-
-
-def _table(results: list[RunResult]) -> str:
-    cols = (
-        "run downlink_resume downlink_outage uplink_resume uplink_lost "
-        "tcp_intact tcp_stall tcp_after_path endpoint_after endpoint_seen"
-    ).split()
-    lines = ["  ".join(cols)]
-    for r in results:
-        values = [
-            r.run,
-            r.downlink_resume,
-            r.downlink_outage,
-            r.uplink_resume,
-            r.uplink_lost,
-            r.tcp_intact,
-            r.tcp_stall,
-            r.tcp_stall_after_path,
-            r.endpoint_after,
-        ]
-        lines.append("  ".join(_fmt(v) for v in values) + f"  {r.endpoint_seen}")
-    return "\n".join(lines)
-
-
 def _client_state(h: HandoverLab) -> dict:
     out = h.client_ns.run([sys.executable, "-m", "wgpy", "show", h.client.iface, "--json"])
     return json.loads(out.stdout)[0]
@@ -93,8 +63,8 @@ def test_tunnel_survives_handover(netns_lab: NetnsLab, scenario: str, server_imp
         h, RUNS, downlink=False, uplink=True, tcp=True, max_after=AFTER + 2.0, **window
     )
     report = (
-        f"{scenario}, server {server_impl}\ndownlink only:\n{_table(down)}\n"
-        f"TCP and uplink:\n{_table(tcp)}"
+        f"{scenario}, server {server_impl}\ndownlink only:\n{table(down)}\n"
+        f"TCP and uplink:\n{table(tcp)}"
     )
     print(report)  # shown when the test fails
 
@@ -142,7 +112,7 @@ def test_without_handover_the_downlink_stays_broken(netns_lab: NetnsLab) -> None
         client_env={"WGPY_HANDOVER": "0"},
     )
     [r] = run_handovers(h, 1, downlink=True, before=BEFORE, after=2.0, max_after=2.0)
-    assert r.downlink_resume is None, _table([r])
+    assert r.downlink_resume is None, table([r])
     assert r.endpoint_seen == f"{CLIENT_UPLINK[0]}:{CLIENT_PORT}"
     state = _client_state(h)
     assert state["handover"] == "off" and state["handover_events"] == []

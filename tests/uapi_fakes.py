@@ -13,6 +13,7 @@ import trio
 import trio.testing
 from wgpy import PresharedKey, PrivateKey, PublicKey, changes
 from wgpy.changes import ChangeError
+from wgpy.names import NamedEndpoint
 from wgpy.uapi import server
 from wgpy.uapi.protocol import parse_set
 
@@ -30,6 +31,7 @@ class FakePeer:
     preshared_key: PresharedKey | None = None
     endpoint: tuple[str, int] | None = None
     persistent_keepalive: int = 0
+    names: list[tuple[str, int]] | None = None
 
 
 @dataclass
@@ -108,7 +110,7 @@ class FakeDevice:
         if preshared_key is not None:
             peer.preshared_key = preshared_key
         if endpoint is not None:
-            peer.endpoint = endpoint
+            peer.endpoint, peer.names = endpoint, None  # an address forgets the names
         if persistent_keepalive is not None:
             peer.persistent_keepalive = persistent_keepalive
         if replace_allowed_ips:
@@ -146,6 +148,13 @@ class FakeDevice:
             )
             for key, p in self.peers_by_key.items()
         ]
+
+    def set_endpoint_names(self, public_key: PublicKey, names: list[tuple[str, int]]) -> None:
+        self.peers_by_key[public_key].names = names
+
+    def endpoint_names(self, public_key: PublicKey) -> NamedEndpoint | None:
+        names = self.peers_by_key[public_key].names
+        return NamedEndpoint(names) if names is not None else None
 
     def handover_report(self) -> None:
         return None  # nothing to report: no wgpy_handover keys in the reply

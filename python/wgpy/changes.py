@@ -10,7 +10,9 @@ registry produce: validated before anything changes, then applied by
   key is ignored; `update_only` does not create an absent peer; `remove`
   removes the peer (the block's other lines are then ignored);
   `replace_allowed_ips` and the allowed-IP additions and removals apply in
-  order, a prefix moving from its current owner when added.
+  order, a prefix moving from its current owner when added. An endpoint
+  address forgets the names behind the peer's endpoint; names given with it
+  (wgpy's extension) are kept, the address being where to start.
 - All or nothing: the only steps that can fail, the fwmark and the listen
   port, come first and are undone together; the rest cannot fail once
   validated. Applying is shielded from cancellation: it is never abandoned
@@ -62,6 +64,9 @@ class PeerChange:
     preshared_key: PresharedKey | None = None
     clear_preshared_key: bool = False
     endpoint: tuple[str, int] | None = None
+    # wgpy's extension (wgpy.names): the names or candidates behind the
+    # endpoint; None: unchanged, unless `endpoint` is set (that forgets them).
+    endpoint_names: list[tuple[str, int]] | None = None
     persistent_keepalive: int | None = None
     allowed_ips: list[AllowedIPOp] = field(default_factory=list)
 
@@ -143,6 +148,12 @@ async def _create_peer(device: Device, change: PeerChange) -> None:
         persistent_keepalive=change.persistent_keepalive or 0,
     )
     _apply_allowed_ips(device, peer, change.allowed_ips)
+    _apply_names(device, change)
+
+
+def _apply_names(device: Device, change: PeerChange) -> None:
+    if change.endpoint_names is not None:
+        device.set_endpoint_names(change.public_key, change.endpoint_names)
 
 
 def _update_peer(device: Device, change: PeerChange) -> None:
@@ -155,6 +166,7 @@ def _update_peer(device: Device, change: PeerChange) -> None:
         persistent_keepalive=change.persistent_keepalive,
     )
     _apply_allowed_ips(device, peer, change.allowed_ips)
+    _apply_names(device, change)
 
 
 def _apply_allowed_ips(device: Device, peer: Peer, ops: list[AllowedIPOp]) -> None:

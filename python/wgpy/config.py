@@ -86,6 +86,8 @@ _WG_PEER_KEYS = {
     k.lower(): k
     for k in ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")
 }
+# wgpy's own [Peer] key: more endpoint candidates (wgpy.names); wg refuses it.
+_WGPY_PEER_KEYS = {"endpoints": "Endpoints"}
 _QUICK_KEYS = {
     k.lower(): k
     for k in (
@@ -196,6 +198,8 @@ class PeerConfig:
     endpoint: Endpoint | None = None
     # 0 is "off"; None means the file did not say.
     persistent_keepalive: int | None = None
+    # wgpy's extension: candidates besides Endpoint, tried in order (wgpy.names).
+    endpoints: list[Endpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -219,7 +223,7 @@ class Config:
             lines += _render_quick(self.interface)
         lines += _render_interface(self.interface)
         for peer in self.peers:
-            lines += ["", *_render_peer(peer)]
+            lines += ["", *_render_peer(peer, quick=quick)]
         if not self.peers:
             # showconf ends the [Interface] block with a blank line even without peers.
             lines.append("")
@@ -421,6 +425,7 @@ class _PeerDraft:
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)
 
 
 def _ascii_lower(text: str) -> str:
@@ -460,6 +465,10 @@ class _Parser:
             raise self.error(f"expected 'Key = Value', got {stripped.strip(_WS)!r}")
         if _ascii_lower(quick_key) in _QUICK_KEYS:
             self.quick(_QUICK_KEYS[_ascii_lower(quick_key)], quick_value.strip(_WS))
+            return
+        if _ascii_lower(quick_key) in _WGPY_PEER_KEYS and self.section == "peer":
+            items = _split_list(quick_value.replace(",", " "))
+            self.peers[-1].endpoints += [self.value("Endpoints", v, _parse_endpoint) for v in items]
             return
         key, _, value = compact.partition("=")
         self.wg(key, quick_key, value)
@@ -585,6 +594,7 @@ class _Parser:
                     allowed_ips=draft.allowed_ips,
                     endpoint=draft.endpoint,
                     persistent_keepalive=draft.persistent_keepalive,
+                    endpoints=draft.endpoints,
                 )
             )
         return Config(interface=self.interface, peers=peers)
@@ -672,7 +682,7 @@ def _render_quick(iface: InterfaceConfig) -> list[str]:
     return lines
 
 
-def _render_peer(peer: PeerConfig) -> list[str]:
+def _render_peer(peer: PeerConfig, *, quick: bool) -> list[str]:
     lines = ["[Peer]", f"PublicKey = {peer.public_key.to_base64()}"]
     if peer.preshared_key is not None:
         lines.append(f"PresharedKey = {peer.preshared_key.to_base64()}")
@@ -688,6 +698,9 @@ def _render_peer(peer: PeerConfig) -> list[str]:
         lines.append(
             f"PersistentKeepalive = {_checked('PersistentKeepalive', _parse_keepalive, interval)}"
         )
+    if quick and peer.endpoints:
+        written = [_checked("Endpoints", _parse_endpoint, str(e)) for e in peer.endpoints]
+        lines.append(f"Endpoints = {', '.join(written)}")
     return lines
 
 

@@ -79,6 +79,12 @@ class PeerState:
     # Reported by wgpy only (extension keys of its UAPI replies).
     invalid_source_packets: int | None = None
     last_reannounce: float | None = None
+    # Endpoints by name (wgpy.names): the names or candidates, what they
+    # resolved to, when (Unix time), the last failure.
+    endpoint_names: list[str] = field(default_factory=list)
+    endpoint_addresses: list[str] = field(default_factory=list)
+    endpoint_resolved: float | None = None
+    endpoint_error: str | None = None
 
 
 @dataclass
@@ -114,6 +120,17 @@ def _handover_event(value: str) -> HandoverEvent:
     """`<unix time> <kind> <public key hex or -> <detail>`."""
     at, kind, peer, detail = ([*value.split(" ", 3), "", "", ""])[:4]
     return HandoverEvent(float(at), kind, None if peer in ("-", "") else _b64(peer), detail)
+
+
+def _endpoint_name_line(peer: PeerState, key: str, value: str) -> None:
+    if key == "wgpy_endpoint_name":
+        peer.endpoint_names.append(value)
+    elif key == "wgpy_endpoint_address":
+        peer.endpoint_addresses.append(value)
+    elif key == "wgpy_endpoint_resolved":
+        peer.endpoint_resolved = float(value)
+    elif key == "wgpy_endpoint_error":
+        peer.endpoint_error = value
 
 
 def get_state(iface: str) -> DeviceState:
@@ -164,4 +181,6 @@ def get_state(iface: str) -> DeviceState:
             peer.invalid_source_packets = int(value)
         elif key == "wgpy_last_reannounce":
             peer.last_reannounce = float(value)
+        elif key.startswith("wgpy_endpoint_"):
+            _endpoint_name_line(peer, key, value)
     return state

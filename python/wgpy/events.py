@@ -28,6 +28,11 @@ EventKind = Literal[
     "underlay_changed",
     "path_lost",
     "reannounced",
+    # Endpoints by name (wgpy.names): a peer's endpoint moved to another of
+    # its addresses (detail: why); resolving its names failed (detail: how;
+    # the last addresses stay in use).
+    "endpoint_switched",
+    "endpoint_resolution_failed",
 ]
 
 

@@ -36,6 +36,12 @@ The rules:
   re-checked every second even without news.
 - New endpoints (configured or roamed) are looked at in batches, 50 ms
   apart: configuring many peers costs a few rounds, not one per peer.
+- A peer whose endpoint has other addresses (a name with A and AAAA
+  records, candidates: wgpy.names) is not held when the route to its
+  address goes: it is switched to an address the host can reach, and
+  re-announced from there at once. A switch made elsewhere (a name resolved
+  anew) is re-announced the same way. Netlink news also tells wgpy.names
+  to resolve again (the network asked may have changed).
 - Each decision is a DeviceEvent ("underlay_changed", "path_lost",
   "reannounced"), and the most recent ones are kept for `wgpy show`.
 - On by default. Off with ``Device(handover=False)``, the daemon's
@@ -55,6 +61,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 from pyroute2.netlink.rtnl import (
@@ -85,6 +92,16 @@ RECENT_EVENTS = 16
 NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 PeerIds = Callable[[], Iterable[tuple[int, PublicKey]]]
+
+
+class EndpointChoices(Protocol):
+    """The other addresses of peers' endpoints (wgpy.names)."""
+
+    def path_lost(self, peer_id: int, current: tuple[str, int] | None) -> bool:
+        """Moves the peer to a reachable address if it has one; whether it did."""
+        ...
+
+    def underlay_changed(self) -> None: ...
 
 
 def enabled_by_default() -> bool:
@@ -133,6 +150,7 @@ class _Look:
     """What one evaluation round learnt: routes, local addresses, decisions."""
 
     news: list[str] | None
+    switched: set[int] = field(default_factory=set)  # peers moved to another address
     routes: dict[str, Path | None] = field(default_factory=dict)
     local: set[str] | None = None
     changes: list[str] = field(default_factory=list)
@@ -150,8 +168,11 @@ class Handover:
         peers: PeerIds,
         fwmark: Callable[[], int],
         emit: Callable[[DeviceEvent], None],
+        choices: EndpointChoices | None = None,
     ) -> None:
         self._name = name
+        self._choices = choices
+        self._switched: set[int] = set()
         self._dp = datapath
         self._peers = peers
         self._fwmark = fwmark
@@ -182,6 +203,12 @@ class Handover:
             self._learn_at = trio.current_time() + LEARN_DELAY
             self._wake.set()
 
+    def switched(self, peer_id: int) -> None:
+        """The peer's endpoint was moved to another of its addresses:
+        re-announce from the path to it now."""
+        self._switched.add(peer_id)
+        self._wake.set()
+
     def unreachable(self, peer_id: int) -> None:
         """The data plane found no path to the peer and holds its packets."""
         self._dirty.add(peer_id)
@@ -191,6 +218,7 @@ class Handover:
         self._paths.pop(peer_id, None)
         self._dirty.discard(peer_id)
         self._learning.discard(peer_id)
+        self._switched.discard(peer_id)
         self.last_reannounce.pop(key, None)
 
     def recheck_all(self) -> None:
@@ -256,6 +284,8 @@ class Handover:
                 self._news = (self._news or []) + news
                 self._everything = True
                 self._wake.set()
+                if self._choices is not None:
+                    self._choices.underlay_changed()
 
     def _next_deadline(self) -> float:
         """When to look again without news: a batch of new endpoints to
@@ -276,24 +306,28 @@ class Handover:
     async def _evaluate_pending(self) -> None:
         live = set(self._live())
         news, self._news = self._news, None
+        switched, self._switched = self._switched, set()
         if self._everything:
             self._everything = False
             self._dirty.clear()
             self._learning, self._learn_at = set(), None
             targets = sorted(live)
         else:
-            ids, self._dirty = self._dirty | self._due(trio.current_time()), set()
+            ids, self._dirty = self._dirty | self._due(trio.current_time()) | switched, set()
             targets = sorted(ids & live)
         if targets:
-            await self._evaluate(targets, news=news)
+            await self._evaluate(targets, news=news, switched=switched)
 
     # --- one round: learn each peer's path, decide, act -----------------------------------
 
-    async def _evaluate(self, peer_ids: Iterable[int], *, news: list[str] | None) -> None:
+    async def _evaluate(
+        self, peer_ids: Iterable[int], *, news: list[str] | None, switched: set[int] | None = None
+    ) -> None:
         """Finds each peer's path and acts on what changed. Without netlink
         `news` (the first look, a new endpoint, a due re-check) the paths are
-        only learned: then just held peers and due confirmations act."""
-        look = _Look(news)
+        only learned: then just held peers, switched endpoints and due
+        confirmations act."""
+        look = _Look(news, switched=switched or set())
         for n, peer_id in enumerate(peer_ids):
             if n and n % 64 == 0:
                 await trio.lowlevel.checkpoint()
@@ -319,6 +353,8 @@ class Handover:
         if self._state(peer_id) is None:
             return  # removed while we waited
         before = self._paths.get(peer_id)
+        if path is None and self._switch_away(peer_id, state.endpoint, before, look):
+            return
         now = self._paths[peer_id] = _PeerPath(address, path, looked_at=trio.current_time())
         now.follow(before)
         if path is None:
@@ -335,6 +371,17 @@ class Handover:
             except OSError as e:
                 log.debug("%s: no route answer for %s: %s", self._name, address, e)
                 return False
+        return True
+
+    def _switch_away(
+        self, peer_id: int, endpoint: tuple[str, int], before: _PeerPath | None, look: _Look
+    ) -> bool:
+        """No route to the peer's address: whether wgpy.names moved it to
+        another (the switch brings it back here, through `switched`)."""
+        if self._choices is None or not self._choices.path_lost(peer_id, endpoint):
+            return False
+        if before is not None and before.path is not None and before.endpoint == endpoint[0]:
+            look.changes.append(f"{endpoint[0]}: {describe(before.path)} -> no route")
         return True
 
     def _no_route(
@@ -382,13 +429,17 @@ class Handover:
         if changed:
             look.changes.append(f"{now.endpoint}: {describe(old_path)} -> {describe(now.path)}")
         again = self._unconfirmed(now, state, at)
-        if look.news is None and not held and not again:
+        switched = peer_id in look.switched
+        if look.news is None and not held and not again and not switched:
             return  # the first look only learns the paths
-        if held and not moved and not gone and at - now.released_at < RELEASE_AGAIN_AFTER:
+        recent = at - now.released_at < RELEASE_AGAIN_AFTER
+        if held and not (moved or gone or switched) and recent:
             return  # sends fail although a route exists: retry on the next re-check
-        if moved or gone or held or again:
+        if moved or gone or held or again or switched:
             why = (
-                "path changed"
+                "endpoint switched"
+                if switched
+                else "path changed"
                 if moved
                 else f"source {source} gone"
                 if gone

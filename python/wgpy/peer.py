@@ -12,7 +12,8 @@
 - What the peer notices while replaying (a handshake completed, an endpoint
   moved by the peer's packets, its packets held for lack of a path) goes to
   a listener (the device), which turns it into events; at most one report
-  per read, however many packets caused it.
+  per read, however many packets caused it. So does a handshake retry (the
+  last one went unanswered), before the retry is asked for.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PeerListener(Protocol):
     def endpoint_changed(self, peer: Peer, endpoint: Endpoint | None) -> None: ...
 
     def held(self, peer: Peer) -> None: ...
+
+    def handshake_unanswered(self, peer: Peer) -> None: ...
 
 
 class Peer:
@@ -133,6 +136,8 @@ class Peer:
         self._dp.send_keepalive(self.id)
 
     def send_handshake_initiation(self, *, is_retry: bool) -> None:
+        if is_retry:  # first: the listener may move the endpoint the retry goes to
+            self._listener.handshake_unanswered(self)
         self._dp.request_handshake(self.id, retry=is_retry)
 
     def clear_endpoint_source(self) -> None:

@@ -32,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from wgpy import control
 from wgpy._core import PresharedKey, PrivateKey, PublicKey
 from wgpy.config import Config, ConfigError, Endpoint, PeerConfig, load, resolve_endpoint, save
+from wgpy.names import is_address
 from wgpy.tun import valid_interface_name
 
 CONFIG_DIR = Path("/etc/wireguard")
@@ -83,13 +84,24 @@ def uapi_lines(config: Config) -> list[str]:
         lines.append(f"public_key={bytes(p.public_key).hex()}")
         if p.preshared_key is not None:
             lines.append(f"preshared_key={p.preshared_key.to_bytes().hex()}")
-        if p.endpoint is not None:
-            host, port = resolve_endpoint(p.endpoint)
-            lines.append(f"endpoint=[{host}]:{port}" if ":" in host else f"endpoint={host}:{port}")
+        lines += _endpoint_lines(p)
         if p.persistent_keepalive:
             lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
         lines.append("replace_allowed_ips=true")
         lines += [f"allowed_ip={net}" for net in p.allowed_ips]
+    return lines
+
+
+def _endpoint_lines(p: PeerConfig) -> list[str]:
+    """The endpoint, resolved as wg does; if it is a name, or there are
+    candidates (`Endpoints`), those too, for wgpy.names to keep current."""
+    lines = []
+    if p.endpoint is not None:
+        host, port = resolve_endpoint(p.endpoint)
+        lines.append(f"endpoint=[{host}]:{port}" if ":" in host else f"endpoint={host}:{port}")
+    candidates = ([p.endpoint] if p.endpoint is not None else []) + p.endpoints
+    if p.endpoints or (p.endpoint is not None and not is_address(p.endpoint.host)):
+        lines += [f"wgpy_endpoint_name={c}" for c in candidates]
     return lines
 
 
@@ -275,8 +287,9 @@ def save_config(path: Path, iface: str, config: Config) -> None:
             public_key=PublicKey.from_base64(p.public_key),
             preshared_key=PresharedKey.from_base64(p.preshared_key) if p.preshared_key else None,
             allowed_ips=[ipaddress.ip_network(a, strict=False) for a in p.allowed_ips],
-            endpoint=Endpoint.parse(p.endpoint) if p.endpoint else None,
+            endpoint=_saved_endpoint(p),
             persistent_keepalive=p.persistent_keepalive or None,
+            endpoints=[Endpoint.parse(e) for e in p.endpoint_names[1:]],
         )
         for p in state.peers
     ]
@@ -294,6 +307,13 @@ def save_config(path: Path, iface: str, config: Config) -> None:
         addresses=addresses,
     )
     save(Config(interface=interface, peers=peers), path)
+
+
+def _saved_endpoint(p: control.PeerState) -> Endpoint | None:
+    """The name behind the endpoint if it has one (SaveConfig keeps names)."""
+    if p.endpoint_names:
+        return Endpoint.parse(p.endpoint_names[0])
+    return Endpoint.parse(p.endpoint) if p.endpoint else None
 
 
 def down(path: Path | None, iface: str) -> None:

@@ -37,12 +37,25 @@ def _public_key(state: DeviceState) -> str | None:
     )
 
 
+def _names_text(p: PeerState, now: float) -> list[str]:
+    if not p.endpoint_names:
+        return []
+    lines = [f"  endpoint names: {', '.join(p.endpoint_names)}"]
+    if p.endpoint_addresses:
+        when = f" (resolved {_ago(p.endpoint_resolved, now)})" if p.endpoint_resolved else ""
+        lines.append(f"  endpoint addresses: {', '.join(p.endpoint_addresses)}{when}")
+    if p.endpoint_error:
+        lines.append(f"  endpoint resolution failed: {p.endpoint_error}")
+    return lines
+
+
 def _peer_text(p: PeerState, now: float) -> list[str]:
     lines = [f"peer: {p.public_key}"]
     if p.preshared_key:
         lines.append("  preshared key: (hidden)")
     if p.endpoint:
         lines.append(f"  endpoint: {p.endpoint}")
+    lines += _names_text(p, now)
     lines.append(f"  allowed ips: {', '.join(p.allowed_ips) if p.allowed_ips else '(none)'}")
     if p.last_handshake:
         lines.append(f"  latest handshake: {_ago(p.last_handshake, now)}")

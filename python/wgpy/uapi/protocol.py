@@ -21,6 +21,9 @@ validates a set request into a `DeviceChange` (wgpy.changes applies it) and
   -EPROTO) and validated whole before anything changes (wgpy.changes).
 - Numbers are plain decimal (ASCII digits only); `allowed_ip=-addr/cidr`
   (newer wg) removes one prefix.
+- wgpy's own keys start with `wgpy_`; wg ignores them in a get. In a set,
+  `wgpy_endpoint_name=host:port` (repeated) gives the names or candidates
+  behind a peer's endpoint (wgpy.names; `wgpy up` sends them).
 - Differences from wireguard-go (0.0.20220316, checked in tests/test_uapi.py):
   a failing set changes nothing (wireguard-go keeps the lines before the bad
   one, and a failed rebind leaves it with no port); an unterminated set is
@@ -45,6 +48,7 @@ from typing import Literal, Protocol
 from wgpy._core import PresharedKey, PrivateKey, PublicKey
 from wgpy.changes import AllowedIPOp, ChangeError, DeviceChange, PeerChange, invalid
 from wgpy.handover import HandoverReport
+from wgpy.names import NamedEndpoint, parse_candidate
 from wgpy.peer import PeerStats
 
 log = logging.getLogger("wgpy.uapi")
@@ -183,6 +187,12 @@ def _peer_line(peer: PeerChange, key: str, value: str) -> None:
         peer.preshared_key = None if peer.clear_preshared_key else PresharedKey.from_bytes(raw)
     elif key == "endpoint":
         peer.endpoint = parse_endpoint(value)
+    elif key == NAME_KEY:
+        try:
+            name = parse_candidate(value)
+        except ValueError as e:
+            raise invalid(str(e)) from None
+        peer.endpoint_names = [*(peer.endpoint_names or []), name]
     elif key == "persistent_keepalive_interval":
         peer.persistent_keepalive = _decimal(key, value, 0xFFFF)
     elif key == "replace_allowed_ips":
@@ -228,6 +238,25 @@ HANDOVER_KEY = "wgpy_handover"
 LAST_UNDERLAY_CHANGE_KEY = "wgpy_last_underlay_change"
 HANDOVER_EVENT_KEY = "wgpy_handover_event"
 LAST_REANNOUNCE_KEY = "wgpy_last_reannounce"
+# Endpoints by name (wgpy.names), peer level, set and get: one line per
+# candidate, `host:port` or `[IPv6]:port`. Get only: the addresses they
+# resolved to, the Unix time of the last resolution, the last failure.
+NAME_KEY = "wgpy_endpoint_name"
+NAME_ADDRESS_KEY = "wgpy_endpoint_address"
+NAME_RESOLVED_KEY = "wgpy_endpoint_resolved"
+NAME_ERROR_KEY = "wgpy_endpoint_error"
+
+
+def _names_lines(named: NamedEndpoint | None) -> list[str]:
+    if named is None:
+        return []
+    lines = [f"{NAME_KEY}={format_endpoint(c)}" for c in named.candidates]
+    lines += [f"{NAME_ADDRESS_KEY}={format_endpoint(a)}" for a in named.addresses]
+    if named.resolved_at is not None:
+        lines.append(f"{NAME_RESOLVED_KEY}={named.resolved_at:.3f}")
+    if named.error:
+        lines.append(f"{NAME_ERROR_KEY}={' '.join(named.error.split())}")
+    return lines
 
 
 def _handover_lines(report: HandoverReport | None) -> list[str]:
@@ -263,6 +292,8 @@ class DeviceView(Protocol):
 
     def handover_report(self) -> HandoverReport | None: ...
 
+    def endpoint_names(self, public_key: PublicKey) -> NamedEndpoint | None: ...
+
     def uapi_stats(self) -> Sequence[tuple[PeerView, PeerStats, list[tuple[str, int]]]]: ...
 
 
@@ -297,6 +328,7 @@ def format_get(device: DeviceView) -> bytes:
         lines.append(f"{INVALID_SOURCE_KEY}={stats.invalid_source_packets}")
         if peer.public_key in reannounced:
             lines.append(f"{LAST_REANNOUNCE_KEY}={reannounced[peer.public_key]:.3f}")
+        lines.extend(_names_lines(device.endpoint_names(peer.public_key)))
         prefixes.sort(key=_prefix_order)
         lines.extend([f"allowed_ip={address}/{cidr}" for address, cidr in prefixes])
     lines.append("errno=0")
