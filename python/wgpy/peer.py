@@ -12,7 +12,8 @@
 - What the peer notices while replaying (a handshake completed, an endpoint
   moved by the peer's packets, its packets held for lack of a path) goes to
   a listener (the device), which turns it into events; at most one report
-  per read, however many packets caused it.
+  per read, however many packets caused it. The timers' give-up after the
+  retries (`handshake_failed`) is reported the same way.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PeerListener(Protocol):
     def endpoint_changed(self, peer: Peer, endpoint: Endpoint | None) -> None: ...
 
     def held(self, peer: Peer) -> None: ...
+
+    def handshake_failed(self, peer: Peer) -> None: ...
 
 
 class Peer:
@@ -140,6 +143,9 @@ class Peer:
 
     def purge_staged_packets(self) -> None:
         self._dp.purge_staged(self.id)
+
+    def handshake_failed(self) -> None:
+        self._listener.handshake_failed(self)
 
     def zero_key_material(self) -> None:
         self._dp.erase_keys(self.id)
