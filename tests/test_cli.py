@@ -146,7 +146,7 @@ def test_wgpy_up_and_down_against_wireguard_go(
         assert (
             client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
         )
-        state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)[0]
+        state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)["interfaces"][0]
         assert state["peers"][0]["endpoint"] == f"{OUTER_V4[0]}:51820"
         rules = _rules(client_ns.name)
         if full_tunnel:

@@ -122,7 +122,7 @@ def hub_stats(node) -> dict:
     import sys
 
     out = node.ns.run([sys.executable, "-m", "wgpy", "show", node.iface, "--json"]).stdout
-    return json.loads(out)[0]
+    return json.loads(out)["interfaces"][0]
 
 
 def test_roaming_client_address_change_keeps_tcp_alive(netns_lab: NetnsLab) -> None:

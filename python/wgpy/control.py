@@ -1,12 +1,21 @@
 """Talking to a running wgpy (or wireguard-go) daemon over its UAPI socket.
 
 This is the client side of the cross-platform userspace API: what `wg`
-does, for the `wgpy up/down/show` commands and the demo. One request per
-connection, as wg(8) does.
+does, for the `wgpy up/down/show/metrics` commands and the demo. One
+request per connection, as wg(8) does. `parse_get` reads a get reply,
+wgpy's extension keys included (wgpy.uapi.protocol lists them); the
+daemon's metrics endpoint parses its own reply with it, so every reader
+sees the same counters.
+
+- A socket file nobody listens on (connection refused) is stale: its
+  daemon is gone. `interfaces()` skips and removes it, as wg(8) does; a
+  daemon that ran as another user cannot remove its own socket from a
+  root-owned directory (wgpy.privileges).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -23,11 +32,26 @@ def socket_path(iface: str) -> Path:
     return RUN_DIR / f"{iface}.sock"
 
 
+def is_stale(path: Path) -> bool:
+    """Whether `path` is a socket nobody serves any more (and removes it if so)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return True
+        except OSError:
+            return False
+    return False
+
+
 def interfaces() -> list[str]:
-    """Interfaces with a UAPI socket, as `wg show interfaces` lists them."""
+    """Interfaces with a live UAPI socket, as `wg show interfaces` lists them."""
     if not RUN_DIR.is_dir():
         return []
-    return sorted(p.stem for p in RUN_DIR.glob("*.sock") if p.is_socket())
+    return sorted(p.stem for p in RUN_DIR.glob("*.sock") if p.is_socket() and not is_stale(p))
 
 
 def _exchange(iface: str, request: bytes, timeout: float = 10.0) -> str:
@@ -102,6 +126,8 @@ class DeviceState:
     handover: str | None = None
     last_underlay_change: float | None = None
     handover_events: list[HandoverEvent] = field(default_factory=list)
+    # Reported by wgpy only: the device's counters (`wgpy_stat_<name>` keys).
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _b64(hex_key: str) -> str:
@@ -118,7 +144,11 @@ def _handover_event(value: str) -> HandoverEvent:
 
 def get_state(iface: str) -> DeviceState:
     """Sends `get=1` and parses the reply."""
-    reply = _exchange(iface, b"get=1\n\n")
+    return parse_get(iface, _exchange(iface, b"get=1\n\n"))
+
+
+def parse_get(iface: str, reply: str) -> DeviceState:
+    """A get reply (`key=value` lines ending in `errno=0`), parsed."""
     if _errno(reply) != 0:
         raise ControlError(f"{iface}: get failed")
     state = DeviceState(iface)
@@ -143,6 +173,8 @@ def get_state(iface: str) -> DeviceState:
                 state.last_underlay_change = float(value)
             elif key == "wgpy_handover_event":
                 state.handover_events.append(_handover_event(value))
+            elif key.startswith("wgpy_stat_") and value.isdigit():
+                state.stats[key.removeprefix("wgpy_stat_")] = int(value)
         elif key == "preshared_key":
             peer.preshared_key = None if set(value) == {"0"} else _b64(value)
         elif key == "endpoint":

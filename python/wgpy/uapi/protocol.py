@@ -228,6 +228,11 @@ HANDOVER_KEY = "wgpy_handover"
 LAST_UNDERLAY_CHANGE_KEY = "wgpy_last_underlay_change"
 HANDOVER_EVENT_KEY = "wgpy_handover_event"
 LAST_REANNOUNCE_KEY = "wgpy_last_reannounce"
+# The device's counters, one key each: `wgpy_stat_<name>=<integer>` (the data
+# plane's DeviceStats counters, under_load 0/1, handshakes_failed, and
+# handover's decisions by kind). `wgpy metrics` and the daemon's metrics
+# endpoint read them from here.
+STAT_KEY_PREFIX = "wgpy_stat_"
 
 
 def _handover_lines(report: HandoverReport | None) -> list[str]:
@@ -263,6 +268,8 @@ class DeviceView(Protocol):
 
     def handover_report(self) -> HandoverReport | None: ...
 
+    def uapi_counters(self) -> Sequence[tuple[str, int]]: ...
+
     def uapi_stats(self) -> Sequence[tuple[PeerView, PeerStats, list[tuple[str, int]]]]: ...
 
 
@@ -277,6 +284,7 @@ def format_get(device: DeviceView) -> bytes:
         lines.append(f"fwmark={device.fwmark}")
     report = device.handover_report()
     lines.extend(_handover_lines(report))
+    lines.extend(f"{STAT_KEY_PREFIX}{name}={value}" for name, value in device.uapi_counters())
     reannounced = report.last_reannounce if report is not None else {}
     for peer, stats, prefixes in device.uapi_stats():
         psk = peer.preshared_key
