@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,15 +131,17 @@ def start_node(
     private_key: wgpy.PrivateKey | None = None,
     log_level: str = "debug",
     env: Mapping[str, str] | None = None,
+    daemon_args: Sequence[str] = (),
 ) -> Node:
     """Starts a WireGuard interface of `impl` in `ns`, keyed, listening and up.
 
     `log_level` is passed as LOG_LEVEL (both implementations read it); tests
     want debug output in failure reports, benchmarks want no logging cost.
-    `env` adds environment variables for the daemon."""
+    `env` adds environment variables for the daemon; `daemon_args` options
+    for wgpy's."""
     iface = lab.interface_name(ns, prefix="wgp" if impl == WGPY else "wgg")
     if impl == WGPY:
-        argv = [sys.executable, "-m", "wgpy", "-f", iface]
+        argv = [sys.executable, "-m", "wgpy", "-f", *daemon_args, iface]
     else:
         argv = ["wireguard-go", "-f", iface]
     process = ns.spawn(argv, env={"LOG_LEVEL": log_level, **(env or {})})
