@@ -48,6 +48,9 @@ CONFIG_DIR = Path("/etc/wireguard")
 DEFAULT_TABLE = 51820
 FIB_RULE_INVERT = 0x2
 MAIN_TABLE = 254
+RTPROT_BOOT = 3
+RT_SCOPE_LINK = 253
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class QuickError(Exception):
@@ -149,6 +152,16 @@ def _free_table(ipr: IPRoute) -> int:
     return table
 
 
+def _route(ipr: IPRoute, net: IPNetwork, index: int, table: int | None = None) -> None:
+    """A route through the interface, as `ip route add NET dev IFACE` makes it
+    (protocol boot, link scope for IPv4), so it reads the same as wg-quick's."""
+    family = 10 if net.version == 6 else 2
+    extra: dict[str, int] = {} if table is None else {"table": table}
+    if family == 2:
+        extra["scope"] = RT_SCOPE_LINK
+    ipr.route("replace", dst=str(net), oif=index, family=family, proto=RTPROT_BOOT, **extra)
+
+
 def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
     table_opt = config.interface.table
     if table_opt == "off":
@@ -162,7 +175,7 @@ def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
     for net in nets:
         family = 10 if net.version == 6 else 2
         if table_opt not in (None, "auto"):
-            ipr.route("replace", dst=str(net), oif=index, table=int(table_opt), family=family)
+            _route(ipr, net, index, int(table_opt))
         elif net.prefixlen == 0:
             if fwmark is None:
                 fwmark = _free_table(ipr)
@@ -182,12 +195,12 @@ def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
                 family=family,
                 priority=_next_priority(ipr, family),
             )
-            ipr.route("replace", dst=str(net), oif=index, table=fwmark, family=family)
+            _route(ipr, net, index, fwmark)
             add_firewall(iface, index, family, fwmark, ipr)
             if family == 2:
                 Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text("1\n")
         else:
-            ipr.route("replace", dst=str(net), oif=index, family=family)
+            _route(ipr, net, index)
 
 
 def remove_policy_rules(iface: str, ipr: IPRoute) -> None:
