@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import wgpy
 from netns import Namespace, NetnsLab, require_programs, require_tun
@@ -227,7 +228,14 @@ def test_wgpy_up_and_down_against_wireguard_go(
         assert (
             client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
         )
-        state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)["interfaces"][0]
+        # The versioned JSON (docs/show-json.md), never with a key.
+        out = client_ns.run([*WGPY, "show", iface, "--json"]).stdout
+        document = json.loads(out)
+        schema = json.loads((REPO / "docs/show.schema.json").read_text())
+        jsonschema.validate(document, schema)
+        assert (document["schema"], document["version"]) == ("wgpy-show", 1)
+        assert "PrivateKey" not in out and conf.read_text().split()[3] not in out
+        state = document["interfaces"][0]
         assert state["peers"][0]["endpoint"] == f"{OUTER_V4[0]}:51820"
         rules = _rules(client_ns.name)
         if full_tunnel:
