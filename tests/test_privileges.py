@@ -199,3 +199,40 @@ def test_missing_user_is_a_clear_error() -> None:
     )  # fmt: skip
     assert r.returncode == 1
     assert r.stderr.strip() == "wgpy: --user: no such user 'no-such-user-wgpy'"
+
+
+def test_wgpy_up_with_user_runs_the_daemon_unprivileged(
+    netns_lab: NetnsLab, tmp_path: Path
+) -> None:
+    """`wgpy up --user nobody`: the daemon drops to nobody (the port from the
+    file from the start), the tunnel works, and `wgpy down` removes it all,
+    the socket the daemon could not remove included."""
+    require_programs("wireguard-go", "wg", "ping")
+    require_tun()
+    server_ns, client_ns = netns_lab.namespace(), netns_lab.namespace()
+    netns_lab.veth(server_ns, client_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
+    server = start_node(netns_lab, server_ns, WIREGUARD_GO, port=51820,
+                        addresses=[f"{INNER_V4[0]}/24"])  # fmt: skip
+    key = wgpy.PrivateKey.generate()
+    server.set_peer(key.public_key(), [f"{INNER_V4[1]}/32"])
+    iface = netns_lab.interface_name(client_ns, prefix="wgq")
+    conf = tmp_path / f"{iface}.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {key.to_base64()}\nAddress = {INNER_V4[1]}/24\n"
+        f"ListenPort = 51833\n\n[Peer]\nPublicKey = {server.public_key.to_base64()}\n"
+        f"Endpoint = {OUTER_V4[0]}:51820\nAllowedIPs = {INNER_V4[0]}/32\n"
+    )
+    wgpy_cmd = [sys.executable, "-m", "wgpy"]
+    up = client_ns.run([*wgpy_cmd, "up", "--user", "nobody", str(conf)], check=False, timeout=60)
+    assert up.returncode == 0, up.stderr
+    try:
+        pids = subprocess.run(["pgrep", "-f", "--", f"-m wgpy .*--listen-port 51833 {iface}$"],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(pids) == 1
+        assert_least_privilege(int(pids[0]))
+        assert _ping(client_ns, INNER_V4[0])
+    finally:
+        down = client_ns.run([*wgpy_cmd, "down", str(conf)], check=False, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not client_ns.link_exists(iface)
+    assert not (Path("/var/run/wireguard") / f"{iface}.sock").exists()

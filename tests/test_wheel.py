@@ -102,6 +102,10 @@ def test_wheel_installs_and_runs_without_a_toolchain(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     assert "0% loss" in demo.stdout, demo.stdout
     # The data files land under the prefix: man page, completion, units.
-    for data in ("share/man/man8/wgpy.8", "share/bash-completion/completions/wgpy",
-                 "lib/systemd/system/wgpy@.service", "lib/systemd/system/wgpy-quick@.service"):  # fmt: skip
+    for data in (
+        "share/man/man8/wgpy.8",
+        "share/bash-completion/completions/wgpy",
+        "lib/systemd/system/wgpy@.service",
+        "lib/systemd/system/wgpy-quick@.service",
+    ):
         assert (env_dir / data).is_file(), data

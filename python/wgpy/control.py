@@ -153,47 +153,53 @@ def parse_get(iface: str, reply: str) -> DeviceState:
         raise ControlError(f"{iface}: get failed")
     state = DeviceState(iface)
     peer: PeerState | None = None
-    sec = nsec = 0
+    seconds = 0
     for line in reply.splitlines():
         key, _, value = line.partition("=")
         if key == "public_key":
             peer = PeerState(_b64(value))
             state.peers.append(peer)
-            sec = nsec = 0
         elif peer is None:
-            if key == "private_key":
-                state.private_key = _b64(value)
-            elif key == "listen_port":
-                state.listen_port = int(value)
-            elif key == "fwmark":
-                state.fwmark = int(value)
-            elif key == "wgpy_handover":
-                state.handover = value
-            elif key == "wgpy_last_underlay_change":
-                state.last_underlay_change = float(value)
-            elif key == "wgpy_handover_event":
-                state.handover_events.append(_handover_event(value))
-            elif key.startswith("wgpy_stat_") and value.isdigit():
-                state.stats[key.removeprefix("wgpy_stat_")] = int(value)
-        elif key == "preshared_key":
-            peer.preshared_key = None if set(value) == {"0"} else _b64(value)
-        elif key == "endpoint":
-            peer.endpoint = value
+            _device_key(state, key, value)
         elif key == "last_handshake_time_sec":
-            sec = int(value)
+            seconds = int(value)
         elif key == "last_handshake_time_nsec":
             nsec = int(value)
-            peer.last_handshake = sec + nsec / 1e9 if sec or nsec else None
-        elif key == "rx_bytes":
-            peer.rx_bytes = int(value)
-        elif key == "tx_bytes":
-            peer.tx_bytes = int(value)
-        elif key == "persistent_keepalive_interval":
-            peer.persistent_keepalive = int(value)
-        elif key == "allowed_ip":
-            peer.allowed_ips.append(value)
-        elif key == "wgpy_invalid_source_packets":
-            peer.invalid_source_packets = int(value)
-        elif key == "wgpy_last_reannounce":
-            peer.last_reannounce = float(value)
+            peer.last_handshake = seconds + nsec / 1e9 if seconds or nsec else None
+        else:
+            _peer_key(peer, key, value)
     return state
+
+
+def _device_key(state: DeviceState, key: str, value: str) -> None:
+    if key == "private_key":
+        state.private_key = _b64(value)
+    elif key == "listen_port":
+        state.listen_port = int(value)
+    elif key == "fwmark":
+        state.fwmark = int(value)
+    elif key == "wgpy_handover":
+        state.handover = value
+    elif key == "wgpy_last_underlay_change":
+        state.last_underlay_change = float(value)
+    elif key == "wgpy_handover_event":
+        state.handover_events.append(_handover_event(value))
+    elif key.startswith("wgpy_stat_") and value.isdigit():
+        state.stats[key.removeprefix("wgpy_stat_")] = int(value)
+
+
+def _peer_key(peer: PeerState, key: str, value: str) -> None:
+    if key == "preshared_key":
+        peer.preshared_key = None if set(value) == {"0"} else _b64(value)
+    elif key == "endpoint":
+        peer.endpoint = value
+    elif key in ("rx_bytes", "tx_bytes"):
+        setattr(peer, key, int(value))
+    elif key == "persistent_keepalive_interval":
+        peer.persistent_keepalive = int(value)
+    elif key == "allowed_ip":
+        peer.allowed_ips.append(value)
+    elif key == "wgpy_invalid_source_packets":
+        peer.invalid_source_packets = int(value)
+    elif key == "wgpy_last_reannounce":
+        peer.last_reannounce = float(value)
