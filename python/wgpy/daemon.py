@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -200,11 +201,8 @@ async def _serve(
             raise SetupError(f"cannot create interface {iface}: {reason}") from None
         lock = trio.Lock()
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: serve_uapi(
-                    device, socket_path(iface), listener=uapi, lock=lock, task_status=task_status
-                )
-            )
+            serve = functools.partial(serve_uapi, listener=uapi, lock=lock)
+            await nursery.start(serve, device, socket_path(iface))
             if metrics is not None:
                 await nursery.start(_serve_metrics, device, metrics, lock)
             ready(None)
