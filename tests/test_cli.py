@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import wgpy
 from netns import Namespace, NetnsLab, require_programs, require_tun
@@ -70,6 +72,86 @@ def test_pubkey_rejects_garbage() -> None:
 )
 def test_user_errors_are_one_line(args: list[str]) -> None:
     assert_one_line_error(run_wgpy(*args))
+
+
+COMMANDS = ["genkey", "genpsk", "pubkey", "show", "metrics", "up", "down", "demo", "daemon"]
+REPO = Path(__file__).parent.parent
+SHARE = REPO / "packaging/wgpy.data/data/share"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["help"]] + [[c, "--help"] for c in COMMANDS])
+def test_help_exits_0_with_usage_on_stdout(args: list[str]) -> None:
+    r = run_wgpy(*args)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    command = args[0] if args[0] in COMMANDS else ""
+    assert r.stdout.startswith(f"usage: wgpy {command}".rstrip()), r.stdout
+
+
+def test_version_is_the_packages() -> None:
+    from importlib.metadata import version
+
+    for flag in ("--version", "-v"):
+        r = run_wgpy(flag)
+        assert (r.returncode, r.stdout) == (0, f"wgpy {version('wgpy')}\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["genkey", "extra"],
+        ["show", "a", "b"],
+        ["up"],
+        ["-f"],
+        ["frobnicate", "x", "y"],
+        ["--metrics", "nonsense", "wg0"],
+        ["daemon", "--listen-port", "99999", "wg0"],
+        ["up", "--no-such-option", "wg0"],
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(args: list[str]) -> None:
+    r = run_wgpy(*args)
+    assert r.returncode == 2
+    assert_one_line_error(r)
+    assert "--help" in r.stderr, "says where the usage is"
+
+
+def test_man_page_and_completion_are_generated_from_the_parser() -> None:
+    pytest.importorskip("shtab")
+    pytest.importorskip("argparse_manpage")
+    r = subprocess.run([sys.executable, str(REPO / "scripts/gen-docs"), "--check"],
+                       capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def test_man_page_renders_cleanly() -> None:
+    require_programs("groff")
+    page = SHARE / "man/man8/wgpy.8"
+    r = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "LC_ALL": "C.UTF-8"})  # fmt: skip
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    text = page.read_text()
+    assert text.startswith('.TH WGPY "8"')
+    for command in COMMANDS:
+        assert f"wgpy {command}" in text
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [(["wgpy", "u"], "up"), (["wgpy", "daemon", "--us"], "--user"), (["wgpy", "-"], "--version")],
+)
+def test_bash_completion_completes_commands_and_options(words: list[str], expected: str) -> None:
+    require_programs("bash")
+    line = " ".join(words)
+    script = (
+        f"source {SHARE / 'bash-completion/completions/wgpy'}\n"
+        f"COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; COMP_LINE='{line}'; "
+        f"COMP_POINT={len(line)}\n"
+        f"_shtab_wgpy wgpy {words[-1]} {words[-2]}\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert expected in r.stdout.split(), r.stdout + r.stderr
 
 
 def test_bad_config_names_file_and_line_and_leaves_nothing(tmp_path: Path) -> None:
@@ -146,7 +228,14 @@ def test_wgpy_up_and_down_against_wireguard_go(
         assert (
             client_ns.run(["ping", "-c", "2", "-W", "2", INNER_V4[0]], check=False).returncode == 0
         )
-        state = json.loads(client_ns.run([*WGPY, "show", iface, "--json"]).stdout)[0]
+        # The versioned JSON (docs/show-json.md), never with a key.
+        out = client_ns.run([*WGPY, "show", iface, "--json"]).stdout
+        document = json.loads(out)
+        schema = json.loads((REPO / "docs/show.schema.json").read_text())
+        jsonschema.validate(document, schema)
+        assert (document["schema"], document["version"]) == ("wgpy-show", 1)
+        assert "PrivateKey" not in out and conf.read_text().split()[3] not in out
+        state = document["interfaces"][0]
         assert state["peers"][0]["endpoint"] == f"{OUTER_V4[0]}:51820"
         rules = _rules(client_ns.name)
         if full_tunnel:
@@ -192,3 +281,53 @@ def test_wg_quick_with_wgpy_as_userspace_implementation(
     assert down.returncode == 0, down.stderr
     assert not client_ns.link_exists(iface)
     assert not Path(f"/var/run/wireguard/{iface}.sock").exists()
+
+
+def _firewall(ns: Namespace, iface: str) -> dict[str, str]:
+    """The interface's nftables tables (by family) and policy rules, as text."""
+    state = {}
+    for family in ("ip", "ip6"):
+        r = ns.run(["nft", "list", "table", family, f"wg-quick-{iface}"], check=False)
+        # The TUN interface's link-local address is random per creation.
+        text = re.sub(r"fe80::[0-9a-f:]+", "fe80::(link-local)", r.stdout)
+        state[f"nft {family}"] = text if r.returncode == 0 else ""
+    for family in ("-4", "-6"):
+        state[f"rule {family}"] = ns.run(["ip", family, "rule", "show"]).stdout
+        table = ns.run(["ip", family, "route", "show", "table", "51820"], check=False)
+        state[f"table {family}"] = table.stdout if table.returncode == 0 else ""
+    return state
+
+
+def test_full_tunnel_firewall_equals_wg_quicks(netns_lab: NetnsLab, tmp_path: Path) -> None:
+    """`wgpy up` of a full-tunnel file installs exactly the nftables rules
+    (anti-spoofing, connmark) and policy rules that wg-quick itself installs
+    for the same file and interface, and `down` removes them."""
+    require_programs("wireguard-go", "wg", "wg-quick", "nft")
+    require_tun()
+    wgpy_bin = shutil.which("wgpy")
+    if wgpy_bin is None:
+        pytest.skip("the wgpy command is not on PATH")
+    client_ns, _server, iface, conf = _server_and_client_config(
+        netns_lab, tmp_path, "0.0.0.0/0, ::/0"
+    )
+    before = _firewall(client_ns, iface)
+    env = {"WG_QUICK_USERSPACE_IMPLEMENTATION": wgpy_bin}
+    for up, down in (
+        (["wg-quick", "up", str(conf)], ["wg-quick", "down", str(conf)]),
+        ([*WGPY, "up", str(conf)], [*WGPY, "down", str(conf)]),
+    ):
+        r = client_ns.run(up, check=False, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        try:
+            installed = _firewall(client_ns, iface)
+        finally:
+            r = client_ns.run(down, check=False, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert _firewall(client_ns, iface) == before, f"{up[0]} down left rules behind"
+        if up[0] == "wg-quick":
+            wg_quicks = installed
+        else:
+            assert installed["nft ip"] and installed["nft ip6"]
+            assert f'iifname != "{iface}" ip daddr {INNER_V4[1]}' in installed["nft ip"]
+            for key in wg_quicks:
+                assert installed[key] == wg_quicks[key], key

@@ -19,7 +19,9 @@ RUN_DIR = Path("/var/run/wireguard")
 
 
 def daemon_pid(iface: str) -> int | None:
-    out = subprocess.run(["pgrep", "-f", "--", f"-m wgpy {iface}$"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", "--", f"-m wgpy .*{iface}$"], capture_output=True, text=True
+    )
     pids = out.stdout.split()
     return int(pids[0]) if pids else None
 

@@ -122,7 +122,7 @@ def hub_stats(node) -> dict:
     import sys
 
     out = node.ns.run([sys.executable, "-m", "wgpy", "show", node.iface, "--json"]).stdout
-    return json.loads(out)[0]
+    return json.loads(out)["interfaces"][0]
 
 
 def test_roaming_client_address_change_keeps_tcp_alive(netns_lab: NetnsLab) -> None:
@@ -192,4 +192,39 @@ def test_embedding_api_reports_handshake_and_roaming(netns_lab: NetnsLab) -> Non
             assert "handshake_completed" in [e.kind for e in seen], seen
 
     with entered_netns(b.name):
+        trio.run(main)
+
+
+def test_embedding_api_reports_give_up_and_removal(netns_lab: NetnsLab) -> None:
+    """`handshake_failed` when the peer's timers give up (the give-up itself,
+    after 20 unanswered initiations, is tests/test_timers.py's; here the
+    action the timers call reaches subscribers and the UAPI counter), and
+    `peer_removed` when a peer is removed."""
+    from wgpy.control import parse_get
+    from wgpy.uapi.protocol import format_get
+
+    ns = netns_lab.namespace()
+    name = netns_lab.interface_name(ns, prefix="wge")
+    peer_key = wgpy.PrivateKey.generate().public_key()
+
+    async def next_event(events: trio.MemoryReceiveChannel[wgpy.DeviceEvent]) -> wgpy.DeviceEvent:
+        with trio.fail_after(5):
+            return await events.receive()
+
+    async def main() -> None:
+        async with wgpy.Device(name, private_key=wgpy.PrivateKey.generate()) as dev:
+            events = dev.subscribe()
+            peer = await dev.add_peer(peer_key, endpoint=("192.0.2.1", 51820))
+            peer.handshake_failed()  # what PeerTimers calls at the give-up
+            failed = await next_event(events)
+            assert (failed.kind, failed.peer) == ("handshake_failed", peer_key)
+            stats = parse_get(name, format_get(dev).decode()).stats
+            assert stats["handshakes_failed"] == 1
+            dev.remove_peer(peer_key)
+            removed = await next_event(events)
+            assert (removed.kind, removed.peer) == ("peer_removed", peer_key)
+            dev.remove_peer(peer_key)  # already gone: nothing more to report
+            assert events.statistics().current_buffer_used == 0
+
+    with entered_netns(ns.name):
         trio.run(main)

@@ -141,7 +141,8 @@ def test_wgpy_up_keeps_the_names_of_its_file(netns_lab: NetnsLab, tmp_path: Path
     up = h.client_ns.run([*wgpy_cmd, "up", str(conf)], check=False, timeout=30)
     assert up.returncode == 0, up.stderr
     try:
-        state = json.loads(h.client_ns.run([*wgpy_cmd, "show", iface, "--json"]).stdout)[0]
+        shown = h.client_ns.run([*wgpy_cmd, "show", iface, "--json"]).stdout
+        state = json.loads(shown)["interfaces"][0]
         peer = state["peers"][0]
         assert peer["endpoint_names"] == [f"{NAME}:51820", f"[{SERVER_V6}]:51820"]
         assert peer["endpoint"] == f"{SERVER_V4}:51820"

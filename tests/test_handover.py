@@ -50,7 +50,7 @@ def _needs_tools() -> None:
 
 def _client_state(h: HandoverLab) -> dict:
     out = h.client_ns.run([sys.executable, "-m", "wgpy", "show", h.client.iface, "--json"])
-    return json.loads(out.stdout)[0]
+    return json.loads(out.stdout)["interfaces"][0]
 
 
 @pytest.mark.parametrize("server_impl", [WIREGUARD_GO, WGPY])

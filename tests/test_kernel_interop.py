@@ -128,7 +128,7 @@ class Tunnel:
 
     def wgpy_json(self) -> dict:
         out = self.env.ns.run([sys.executable, "-m", "wgpy", "show", self.node.iface, "--json"])
-        (state,) = json.loads(out.stdout)
+        (state,) = json.loads(out.stdout)["interfaces"]
         (peer,) = [p for p in state["peers"] if p["public_key"] == self.key.public_key.to_base64()]
         return peer
 

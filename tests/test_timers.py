@@ -88,6 +88,9 @@ class Device:
     def purge_staged_packets(self):
         self.record("purge")
 
+    def handshake_failed(self):
+        self.record("failed")
+
     def zero_key_material(self):
         self.record("zero")
 
@@ -195,7 +198,8 @@ def test_unanswered_handshake_is_sent_20_times_then_given_up(fraction):
     for at in sends[1:]:
         expected += [(at, "clear_src"), (at, "retry")]
     give_up = 20 * step
-    expected += [(give_up, "purge"), (give_up + 540, "zero")]
+    # The give-up is reported once, right after the purge.
+    expected += [(give_up, "purge"), (give_up, "failed"), (give_up + 540, "zero")]
     assert device.names() == [name for _, name in expected]
     assert [at for at, _ in device.log] == approx([at for at, _ in expected])
     # 1 initiation + 19 retries over 95..101.3 s; the give-up comes one timeout later.
@@ -647,6 +651,7 @@ def test_scenarios_are_varied():
         "initiation rate-limited",
         "clear_src",
         "purge",
+        "failed",
         "zero",
     }
     assert sum(len(log) for log in logs) > 3000

@@ -159,6 +159,9 @@ class FakeDevice:
     def handover_report(self) -> None:
         return None  # nothing to report: no wgpy_handover keys in the reply
 
+    def uapi_counters(self) -> list[tuple[str, int]]:
+        return []  # no wgpy_stat_* keys in the reply
+
     def snapshot(self) -> object:
         return (
             hexkey(self.private_key) if self.private_key else None,

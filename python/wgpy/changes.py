@@ -123,7 +123,10 @@ def _apply_socket_settings(device: Device, request: DeviceChange) -> None:
         except OSError as e:
             if device.fwmark != old_fwmark:
                 _restore_fwmark(device, old_fwmark)
-            message = f"cannot listen on port {request.listen_port}: {e}"
+            message = f"cannot listen on port {request.listen_port}: {e.strerror or e}"
+            if e.errno == errno.EACCES:
+                # A daemon that dropped its privileges (wgpy.privileges).
+                message += " (without CAP_NET_BIND_SERVICE: start the daemon with --listen-port)"
             raise ChangeError(errno.EADDRINUSE, message) from None
 
 

@@ -1,12 +1,21 @@
 """Talking to a running wgpy (or wireguard-go) daemon over its UAPI socket.
 
 This is the client side of the cross-platform userspace API: what `wg`
-does, for the `wgpy up/down/show` commands and the demo. One request per
-connection, as wg(8) does.
+does, for the `wgpy up/down/show/metrics` commands and the demo. One
+request per connection, as wg(8) does. `parse_get` reads a get reply,
+wgpy's extension keys included (wgpy.uapi.protocol lists them); the
+daemon's metrics endpoint parses its own reply with it, so every reader
+sees the same counters.
+
+- A socket file nobody listens on (connection refused) is stale: its
+  daemon is gone. `interfaces()` skips and removes it, as wg(8) does; a
+  daemon that ran as another user cannot remove its own socket from a
+  root-owned directory (wgpy.privileges).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -23,11 +32,26 @@ def socket_path(iface: str) -> Path:
     return RUN_DIR / f"{iface}.sock"
 
 
+def is_stale(path: Path) -> bool:
+    """Whether `path` is a socket nobody serves any more (and removes it if so)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return True
+        except OSError:
+            return False
+    return False
+
+
 def interfaces() -> list[str]:
-    """Interfaces with a UAPI socket, as `wg show interfaces` lists them."""
+    """Interfaces with a live UAPI socket, as `wg show interfaces` lists them."""
     if not RUN_DIR.is_dir():
         return []
-    return sorted(p.stem for p in RUN_DIR.glob("*.sock") if p.is_socket())
+    return sorted(p.stem for p in RUN_DIR.glob("*.sock") if p.is_socket() and not is_stale(p))
 
 
 def _exchange(iface: str, request: bytes, timeout: float = 10.0) -> str:
@@ -108,6 +132,8 @@ class DeviceState:
     handover: str | None = None
     last_underlay_change: float | None = None
     handover_events: list[HandoverEvent] = field(default_factory=list)
+    # Reported by wgpy only: the device's counters (`wgpy_stat_<name>` keys).
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _b64(hex_key: str) -> str:
@@ -135,52 +161,64 @@ def _endpoint_name_line(peer: PeerState, key: str, value: str) -> None:
 
 def get_state(iface: str) -> DeviceState:
     """Sends `get=1` and parses the reply."""
-    reply = _exchange(iface, b"get=1\n\n")
+    return parse_get(iface, _exchange(iface, b"get=1\n\n"))
+
+
+def parse_get(iface: str, reply: str) -> DeviceState:
+    """A get reply (`key=value` lines ending in `errno=0`), parsed."""
     if _errno(reply) != 0:
         raise ControlError(f"{iface}: get failed")
     state = DeviceState(iface)
     peer: PeerState | None = None
-    sec = nsec = 0
+    seconds = 0
     for line in reply.splitlines():
         key, _, value = line.partition("=")
         if key == "public_key":
             peer = PeerState(_b64(value))
             state.peers.append(peer)
-            sec = nsec = 0
         elif peer is None:
-            if key == "private_key":
-                state.private_key = _b64(value)
-            elif key == "listen_port":
-                state.listen_port = int(value)
-            elif key == "fwmark":
-                state.fwmark = int(value)
-            elif key == "wgpy_handover":
-                state.handover = value
-            elif key == "wgpy_last_underlay_change":
-                state.last_underlay_change = float(value)
-            elif key == "wgpy_handover_event":
-                state.handover_events.append(_handover_event(value))
-        elif key == "preshared_key":
-            peer.preshared_key = None if set(value) == {"0"} else _b64(value)
-        elif key == "endpoint":
-            peer.endpoint = value
+            _device_key(state, key, value)
         elif key == "last_handshake_time_sec":
-            sec = int(value)
+            seconds = int(value)
         elif key == "last_handshake_time_nsec":
             nsec = int(value)
-            peer.last_handshake = sec + nsec / 1e9 if sec or nsec else None
-        elif key == "rx_bytes":
-            peer.rx_bytes = int(value)
-        elif key == "tx_bytes":
-            peer.tx_bytes = int(value)
-        elif key == "persistent_keepalive_interval":
-            peer.persistent_keepalive = int(value)
-        elif key == "allowed_ip":
-            peer.allowed_ips.append(value)
-        elif key == "wgpy_invalid_source_packets":
-            peer.invalid_source_packets = int(value)
-        elif key == "wgpy_last_reannounce":
-            peer.last_reannounce = float(value)
-        elif key.startswith("wgpy_endpoint_"):
-            _endpoint_name_line(peer, key, value)
+            peer.last_handshake = seconds + nsec / 1e9 if seconds or nsec else None
+        else:
+            _peer_key(peer, key, value)
     return state
+
+
+def _device_key(state: DeviceState, key: str, value: str) -> None:
+    if key == "private_key":
+        state.private_key = _b64(value)
+    elif key == "listen_port":
+        state.listen_port = int(value)
+    elif key == "fwmark":
+        state.fwmark = int(value)
+    elif key == "wgpy_handover":
+        state.handover = value
+    elif key == "wgpy_last_underlay_change":
+        state.last_underlay_change = float(value)
+    elif key == "wgpy_handover_event":
+        state.handover_events.append(_handover_event(value))
+    elif key.startswith("wgpy_stat_") and value.isdigit():
+        state.stats[key.removeprefix("wgpy_stat_")] = int(value)
+
+
+def _peer_key(peer: PeerState, key: str, value: str) -> None:
+    if key == "preshared_key":
+        peer.preshared_key = None if set(value) == {"0"} else _b64(value)
+    elif key == "endpoint":
+        peer.endpoint = value
+    elif key in ("rx_bytes", "tx_bytes"):
+        setattr(peer, key, int(value))
+    elif key == "persistent_keepalive_interval":
+        peer.persistent_keepalive = int(value)
+    elif key == "allowed_ip":
+        peer.allowed_ips.append(value)
+    elif key == "wgpy_invalid_source_packets":
+        peer.invalid_source_packets = int(value)
+    elif key == "wgpy_last_reannounce":
+        peer.last_reannounce = float(value)
+    elif key.startswith("wgpy_endpoint_"):
+        _endpoint_name_line(peer, key, value)

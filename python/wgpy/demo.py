@@ -198,8 +198,7 @@ def _throughput(lab: Lab, a: str, b: str, seconds: float = 3.0) -> float:
         sink.wait()
 
 
-def main(args: list[str]) -> int:
-    as_json = "--json" in args
+def main(*, as_json: bool = False) -> int:
     if shutil.which("ping") is None:
         print(
             "wgpy demo: the `ping` command is missing (apt-get install iputils-ping)",

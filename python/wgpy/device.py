@@ -21,6 +21,13 @@ plane, configured and timed from Trio.
   (or a handshake started for them), as the kernel and wireguard-go do;
   turning a peer's persistent keepalive on from 0, a new peer's included,
   sends a keepalive at once.
+- `before_start` runs once the TUN interface and the UDP sockets are open
+  and before any data-plane thread exists: a daemon drops its privileges
+  there (wgpy.privileges), so every thread runs with what is left.
+- Events (wgpy.events): a handshake completed or given up after the
+  retries, an endpoint moved by the peer's packets, a peer removed, the TUN
+  device closed, and handover's decisions. Give-ups are also counted for
+  the metrics (`uapi_counters`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 
 import trio
@@ -93,10 +100,13 @@ class Device:
         fwmark: int = 0,
         mtu: int = DEFAULT_MTU,
         handover: bool | None = None,
+        before_start: Callable[[], None] | None = None,
     ) -> None:
         """`handover`: follow underlay changes (wgpy.handover); None means on
-        unless WGPY_HANDOVER=0."""
+        unless WGPY_HANDOVER=0. `before_start`: see the module's rules."""
         self.name = name
+        self._before_start = before_start
+        self._handshakes_failed = 0
         self._handover_enabled = enabled_by_default() if handover is None else handover
         self._handover: Handover | None = None
         self._names = Names(
@@ -179,8 +189,18 @@ class Device:
 
     def _open_datapath(self) -> None:
         tun = self.tun
-        self._datapath = Datapath(tun.fd, self._mtu, tun.vnet_hdr, tun.udp_offload)
-        self._bind(self._listen_port)
+        sockets = open_udp_sockets(self._listen_port, self._fwmark)
+        try:
+            if self._before_start is not None:
+                self._before_start()
+            # Threads start from here on (the crypto helpers with the data
+            # plane, a receive thread per socket).
+            self._datapath = Datapath(tun.fd, self._mtu, tun.vnet_hdr, tun.udp_offload)
+        except BaseException:
+            for s in sockets:
+                s.close()
+            raise
+        self._use_sockets(sockets)
         self._datapath.set_private_key(self._private_key)
         tun.set_up()
         self._datapath.start()
@@ -260,7 +280,10 @@ class Device:
         return self._fwmark
 
     def _bind(self, port: int) -> None:
-        sockets = open_udp_sockets(port, self._fwmark)
+        self._use_sockets(open_udp_sockets(port, self._fwmark))
+
+    def _use_sockets(self, sockets: list[socket.socket]) -> None:
+        """Hands `sockets` to the data plane (or closes them if it refuses)."""
         try:
             self.datapath.set_sockets([s.fileno() for s in sockets])
         except BaseException:
@@ -460,6 +483,7 @@ class Device:
         if self._handover is not None:
             self._handover.forget(peer.id, peer.public_key)
         self.datapath.remove_peer(peer.id)
+        self._subscribers.emit(DeviceEvent("peer_removed", time.time(), public_key))
 
     def stats(self) -> list[PeerStats]:
         return [p.stats() for p in self._peers.values()]
@@ -482,6 +506,11 @@ class Device:
         if endpoint is not None:
             event = DeviceEvent("endpoint_changed", time.time(), peer.public_key, endpoint)
             self._subscribers.emit(event)
+
+    def handshake_failed(self, peer: Peer) -> None:
+        self._handshakes_failed += 1
+        log.info("%s: %r: handshake did not complete after the retries", self.name, peer)
+        self._subscribers.emit(DeviceEvent("handshake_failed", time.time(), peer.public_key))
 
     def held(self, peer: Peer) -> None:
         if self._handover is not None:
@@ -532,6 +561,21 @@ class Device:
         insert = self.datapath.allowed_ip_insert
         for address, cidr in prefixes:
             insert(address, cidr, peer.id)
+
+    def uapi_counters(self) -> list[tuple[str, int]]:
+        """The device's counters for the UAPI's `wgpy_stat_*` keys: the data
+        plane's, its state, give-ups and handover's decisions."""
+        stats = self.datapath.stats()
+        counters = [
+            *stats.counters(),
+            ("under_load", int(stats.under_load)),
+            ("indices", stats.indices),
+            ("handshake_queue", stats.handshake_queue),
+            ("handshakes_failed", self._handshakes_failed),
+        ]
+        if self._handover is not None:
+            counters += sorted(self._handover.counts.items())
+        return counters
 
     def uapi_stats(self) -> list[tuple[Peer, PeerStats, list[tuple[str, int]]]]:
         """Per peer: the peer, its PeerStats with `allowed_ips` left empty, and

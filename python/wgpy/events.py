@@ -4,7 +4,17 @@
   sees every event, in order.
 - A subscriber that lags loses events rather than slowing the device: when
   its buffer (`max_buffer`, 256 by default) is full, new events for it are
-  dropped. A closed subscriber is forgotten.
+  dropped, silently, and it later receives the events emitted once it has
+  room again (no gap marker; other subscribers are not affected). A
+  subscriber that must not miss a state change re-reads the state
+  (`Device.stats()`, `Device.peers`) after it catches up. A closed
+  subscriber is forgotten.
+- Kinds: `handshake_completed`; `handshake_failed` (the retransmit timer
+  gave up after 20 initiations without an answer; the peer's staged packets
+  were dropped); `endpoint_changed` (moved by the peer's packets, not by
+  configuration); `peer_removed` (by `remove_peer`, a UAPI `remove=true` or
+  `replace_peers`; not at device shutdown); `tun_closed`; handover's
+  `underlay_changed`, `path_lost`, `reannounced`.
 - Events are views: they report what the data plane and the handover watcher
   did; nothing reads them back to steer the device.
 """
@@ -21,7 +31,9 @@ from wgpy._core import PublicKey
 Endpoint = tuple[str, int]
 EventKind = Literal[
     "handshake_completed",
+    "handshake_failed",
     "endpoint_changed",
+    "peer_removed",
     "tun_closed",
     # Handover (wgpy.handover): the path to some peer changed; no route to a
     # peer (its packets are held); a peer was told our new path.

@@ -43,7 +43,8 @@ The rules:
   anew) is re-announced the same way. Netlink news also tells wgpy.names
   to resolve again (the network asked may have changed).
 - Each decision is a DeviceEvent ("underlay_changed", "path_lost",
-  "reannounced"), and the most recent ones are kept for `wgpy show`.
+  "reannounced"), the most recent ones are kept for `wgpy show`, and each
+  kind is counted since start (`counts`, for the metrics).
 - On by default. Off with ``Device(handover=False)``, the daemon's
   ``--no-handover`` or WGPY_HANDOVER=0; then nothing here runs and the data
   plane drops what it cannot send, as before.
@@ -92,6 +93,7 @@ RECENT_EVENTS = 16
 NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 PeerIds = Callable[[], Iterable[tuple[int, PublicKey]]]
+_KINDS: tuple[EventKind, ...] = ("underlay_changed", "path_lost", "reannounced")
 
 
 class EndpointChoices(Protocol):
@@ -190,6 +192,8 @@ class Handover:
         self.last_underlay_change: float | None = None
         self.last_reannounce: dict[PublicKey, float] = {}
         self.recent: deque[DeviceEvent] = deque(maxlen=RECENT_EVENTS)
+        # Decisions since start, by kind (metrics: "handovers" = reannounced).
+        self.counts: dict[str, int] = {f"handover_{kind}": 0 for kind in _KINDS}
         self.running = False
 
     # --- what the device tells us ------------------------------------------------------
@@ -570,6 +574,7 @@ class Handover:
             state = self._state(peer_id)
             endpoint = state.endpoint if state is not None else None
         event = DeviceEvent(kind, time.time(), key, endpoint, detail)
+        self.counts[f"handover_{kind}"] += 1
         self.recent.append(event)
         self._emit(event)
 

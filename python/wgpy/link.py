@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import logging
@@ -105,8 +106,12 @@ def _where_is(tun_fd: int) -> _Watch | None:
         with _entered(netns):
             return _here()
     except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno == errno.EPERM:
+            why += ": entering it needs CAP_SYS_ADMIN, which a daemon run with --user or "
+            why += "without root does not keep"
         log.warning("the TUN interface moved to another namespace; its MTU is no longer "
-                    "followed there (%s)", e.strerror or e)  # fmt: skip
+                    "followed there (%s)", why)  # fmt: skip
         return None
     finally:
         os.close(netns)

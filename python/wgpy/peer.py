@@ -13,7 +13,8 @@
   moved by the peer's packets, its packets held for lack of a path) goes to
   a listener (the device), which turns it into events; at most one report
   per read, however many packets caused it. So does a handshake retry (the
-  last one went unanswered), before the retry is asked for.
+  last one went unanswered), before the retry is asked for, and the timers'
+  give-up after the retries (`handshake_failed`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class PeerListener(Protocol):
     def held(self, peer: Peer) -> None: ...
 
     def handshake_unanswered(self, peer: Peer) -> None: ...
+
+    def handshake_failed(self, peer: Peer) -> None: ...
 
 
 class Peer:
@@ -145,6 +148,9 @@ class Peer:
 
     def purge_staged_packets(self) -> None:
         self._dp.purge_staged(self.id)
+
+    def handshake_failed(self) -> None:
+        self._listener.handshake_failed(self)
 
     def zero_key_material(self) -> None:
         self._dp.erase_keys(self.id)

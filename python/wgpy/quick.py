@@ -10,8 +10,18 @@ The steps and their order are wg-quick's (linux.bash):
   51820 (or the first free table number), its table holds the default
   route, and two rules send everything not marked there while keeping the
   main table's more specific routes (`suppress_prefixlength 0`).
-- down: PreDown hooks, SaveConfig, the policy rules, the interface (which
-  stops the daemon), DNS, PostDown hooks.
+- A full tunnel also gets wg-quick's nftables table `wg-quick-IFACE` per
+  address family, the same rules (tests compare them with wg-quick's own):
+  packets for the interface's addresses that arrive on another interface
+  from a non-local source are dropped (anti-spoofing), and the fwmark of
+  the tunnel's UDP packets is saved in and restored from conntrack, so
+  replies to them are routed outside the tunnel. Without `nft` this step is
+  skipped with a warning (wg-quick would fall back to iptables).
+- down: PreDown hooks, SaveConfig, the policy rules, the nftables tables,
+  the interface (which stops the daemon), DNS, PostDown hooks.
+- `--user NAME` starts the daemon with that option (wgpy.privileges), and
+  with the file's ListenPort from the start (a port below 1024 keeps
+  CAP_NET_BIND_SERVICE).
 - If `up` fails half-way, what it set up is taken down again.
 """
 
@@ -39,6 +49,9 @@ CONFIG_DIR = Path("/etc/wireguard")
 DEFAULT_TABLE = 51820
 FIB_RULE_INVERT = 0x2
 MAIN_TABLE = 254
+RTPROT_BOOT = 3
+RT_SCOPE_LINK = 253
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class QuickError(Exception):
@@ -151,6 +164,16 @@ def _free_table(ipr: IPRoute) -> int:
     return table
 
 
+def _route(ipr: IPRoute, net: IPNetwork, index: int, table: int | None = None) -> None:
+    """A route through the interface, as `ip route add NET dev IFACE` makes it
+    (protocol boot, link scope for IPv4), so it reads the same as wg-quick's."""
+    family = 10 if net.version == 6 else 2
+    extra: dict[str, int] = {} if table is None else {"table": table}
+    if family == 2:
+        extra["scope"] = RT_SCOPE_LINK
+    ipr.route("replace", dst=str(net), oif=index, family=family, proto=RTPROT_BOOT, **extra)
+
+
 def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
     table_opt = config.interface.table
     if table_opt == "off":
@@ -164,7 +187,7 @@ def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
     for net in nets:
         family = 10 if net.version == 6 else 2
         if table_opt not in (None, "auto"):
-            ipr.route("replace", dst=str(net), oif=index, table=int(table_opt), family=family)
+            _route(ipr, net, index, int(table_opt))
         elif net.prefixlen == 0:
             if fwmark is None:
                 fwmark = _free_table(ipr)
@@ -184,11 +207,12 @@ def add_routes(config: Config, iface: str, index: int, ipr: IPRoute) -> None:
                 family=family,
                 priority=_next_priority(ipr, family),
             )
-            ipr.route("replace", dst=str(net), oif=index, table=fwmark, family=family)
+            _route(ipr, net, index, fwmark)
+            add_firewall(iface, index, family, fwmark, ipr)
             if family == 2:
                 Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text("1\n")
         else:
-            ipr.route("replace", dst=str(net), oif=index, family=family)
+            _route(ipr, net, index)
 
 
 def remove_policy_rules(iface: str, ipr: IPRoute) -> None:
@@ -205,6 +229,60 @@ def remove_policy_rules(iface: str, ipr: IPRoute) -> None:
             suppress = rule.get_attr("FRA_SUPPRESS_PREFIXLEN")
             if table == fwmark or (table == MAIN_TABLE and suppress == 0):
                 ipr.rule("del", family=family, priority=rule.get_attr("FRA_PRIORITY"), table=table)
+
+
+def firewall_table(iface: str) -> str:
+    return f"wg-quick-{iface}"
+
+
+def firewall_rules(iface: str, family: int, fwmark: int, addresses: list[str]) -> str:
+    """wg-quick's nft script for one address family of a full tunnel."""
+    pf = "ip6" if family == 10 else "ip"
+    table = f"{pf} {firewall_table(iface)}"
+    lines = [
+        f"add table {table}",
+        f"add chain {table} preraw {{ type filter hook prerouting priority -300; }}",
+        f"add chain {table} premangle {{ type filter hook prerouting priority -150; }}",
+        f"add chain {table} postmangle {{ type filter hook postrouting priority -150; }}",
+    ]
+    lines += [
+        f'add rule {table} preraw iifname != "{iface}" {pf} daddr {a} fib saddr type != local drop'
+        for a in addresses
+    ]
+    lines.append(f"add rule {table} postmangle meta l4proto udp mark {fwmark} ct mark set mark")
+    lines.append(f"add rule {table} premangle meta l4proto udp meta mark set ct mark")
+    return "\n".join(lines) + "\n"
+
+
+def _nft(script: str) -> None:
+    r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise QuickError(f"nft: {r.stderr.strip() or 'failed'}")
+
+
+def add_firewall(iface: str, index: int, family: int, fwmark: int, ipr: IPRoute) -> None:
+    """The nftables rules of a full tunnel (module rules), for the addresses
+    the interface has now in `family`, as wg-quick reads them."""
+    if shutil.which("nft") is None:
+        print("[!] nft is not installed: no anti-spoofing firewall rules", file=sys.stderr)
+        return
+    addresses = [str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index, family=family)]
+    _nft(firewall_rules(iface, family, fwmark, addresses))
+
+
+def remove_firewall(iface: str) -> None:
+    """Deletes the interface's nftables tables (those wg-quick would delete)."""
+    if shutil.which("nft") is None:
+        return
+    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    suffix = f" {firewall_table(iface)}"
+    script = "".join(
+        f"delete {line.strip()}\n"
+        for line in listed.stdout.splitlines()
+        if line.strip().startswith("table ") and line.strip().endswith(suffix)
+    )
+    if script:
+        _nft(script)
 
 
 def set_dns(config: Config, iface: str) -> bool:
@@ -239,27 +317,35 @@ def delete_link(iface: str) -> None:
         found = ipr.link_lookup(ifname=iface)
         if found:
             ipr.link("del", index=found[0])
-    # The daemon exits when its TUN device goes; give it a moment to remove its socket.
+    # The daemon exits when its TUN device goes; give it a moment to remove
+    # its socket (one that ran as another user may not be able to: its
+    # socket is then stale, and removed here).
+    path = control.socket_path(iface)
     deadline = time.monotonic() + 5
-    while control.socket_path(iface).exists() and time.monotonic() < deadline:
+    while path.exists() and not control.is_stale(path) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
-def start_daemon(iface: str) -> None:
+def start_daemon(iface: str, config: Config, user: str | None) -> None:
+    options = []
+    if user is not None:
+        options += ["--user", user]
+        if config.interface.listen_port:
+            options += ["--listen-port", str(config.interface.listen_port)]
     r = subprocess.run(
-        [sys.executable, "-m", "wgpy", iface], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "wgpy", *options, iface], capture_output=True, text=True, check=False
     )
     if r.returncode != 0:
         raise QuickError(r.stderr.strip().removeprefix("wgpy: ") or "the daemon failed to start")
 
 
-def up(path: Path, iface: str) -> None:
+def up(path: Path, iface: str, user: str | None = None) -> None:
     config = load(str(path))
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=iface):
             raise QuickError(f"`{iface}' already exists")
     run_hooks(config.interface.pre_up, iface)
-    start_daemon(iface)
+    start_daemon(iface, config, user)
     try:
         control.set_config(iface, uapi_lines(config))
         with IPRoute() as ipr:
@@ -273,6 +359,7 @@ def up(path: Path, iface: str) -> None:
     except BaseException:
         with IPRoute() as ipr:
             remove_policy_rules(iface, ipr)
+        remove_firewall(iface)
         delete_link(iface)
         unset_dns(iface)
         raise
@@ -326,23 +413,21 @@ def down(path: Path | None, iface: str) -> None:
             save_config(path, iface, config)
     with IPRoute() as ipr:
         remove_policy_rules(iface, ipr)
+    remove_firewall(iface)
     delete_link(iface)
     unset_dns(iface)
     if config is not None:
         run_hooks(config.interface.post_down, iface)
 
 
-def main(action: str, args: list[str]) -> int:
-    if len(args) != 1:
-        print(f"Usage: wgpy {action} CONFIG_FILE|INTERFACE", file=sys.stderr)
-        return 1
+def main(action: str, arg: str, *, user: str | None = None) -> int:
     if os.geteuid() != 0:
         print(f"wgpy {action}: needs root (CAP_NET_ADMIN)", file=sys.stderr)
         return 1
     try:
-        path, iface = config_path(args[0])
+        path, iface = config_path(arg)
         if action == "up":
-            up(path, iface)
+            up(path, iface, user)
         else:
             down(path, iface)
     except (QuickError, ConfigError, control.ControlError, NetlinkError, OSError) as e:

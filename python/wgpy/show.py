@@ -1,4 +1,11 @@
-"""`wgpy show`: the state of running interfaces, as `wg show` prints it, or JSON."""
+"""`wgpy show`: the state of running interfaces, as `wg show` prints it, or JSON.
+
+The JSON form is a stable interface for scripts, schema version
+SCHEMA_VERSION, documented in docs/show-json.md and checked against
+docs/show.schema.json by the tests: fields are only ever added within a
+version; renaming, removing or retyping one makes a new version. Secrets
+(private and preshared keys) are never printed.
+"""
 
 from __future__ import annotations
 
@@ -88,14 +95,44 @@ def as_text(state: DeviceState) -> str:
     return "\n".join(lines)
 
 
+SCHEMA = "wgpy-show"
+SCHEMA_VERSION = 1
+
+
+def _peer_json(p: PeerState) -> dict[str, object]:
+    return {
+        "public_key": p.public_key,
+        "has_preshared_key": p.preshared_key is not None,
+        "endpoint": p.endpoint,
+        "allowed_ips": list(p.allowed_ips),
+        "last_handshake": p.last_handshake,
+        "rx_bytes": p.rx_bytes,
+        "tx_bytes": p.tx_bytes,
+        "persistent_keepalive": p.persistent_keepalive,
+        "invalid_source_packets": p.invalid_source_packets,
+        "last_reannounce": p.last_reannounce,
+    }
+
+
+def _interface_json(s: DeviceState) -> dict[str, object]:
+    return {
+        "name": s.name,
+        "public_key": _public_key(s),
+        "listen_port": s.listen_port,
+        "fwmark": s.fwmark,
+        "handover": s.handover,
+        "last_underlay_change": s.last_underlay_change,
+        "handover_events": [asdict(e) for e in s.handover_events],
+        "stats": dict(s.stats),
+        "peers": [_peer_json(p) for p in s.peers],
+    }
+
+
 def as_json(states: list[DeviceState]) -> str:
-    """Secrets are never printed: private and preshared keys are left out."""
-    out = []
-    for s in states:
-        d = asdict(s)
-        d.pop("private_key")
-        d["public_key"] = _public_key(s)
-        for p in d["peers"]:
-            p["has_preshared_key"] = p.pop("preshared_key") is not None
-        out.append(d)
-    return json.dumps(out, indent=2)
+    """The versioned JSON document (module rules)."""
+    document = {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "interfaces": [_interface_json(s) for s in states],
+    }
+    return json.dumps(document, indent=2)

@@ -2,8 +2,8 @@
 and the Trio task that drives it from the data plane's activity.
 
 - retransmit_handshake: armed for REKEY_TIMEOUT + jitter when an initiation is sent; on expiry
-  resend it as a retry, 19 times (20 sends in all), then give up: purge the staged packets and
-  wipe the keys 540 s later.
+  resend it as a retry, 19 times (20 sends in all), then give up: purge the staged packets,
+  report the failure (`handshake_failed`, once per give-up) and wipe the keys 540 s later.
 - send_keepalive: armed for KEEPALIVE_TIMEOUT when data (not a keepalive) is received, unless
   pending (then one more is owed); any authenticated send deletes it.
 - new_handshake: armed for KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter when data is sent, unless
@@ -86,6 +86,10 @@ class TimerActions(Protocol):
     def clear_endpoint_source(self) -> None: ...
 
     def purge_staged_packets(self) -> None: ...
+
+    def handshake_failed(self) -> None:
+        """The retries are exhausted: no handshake completed (a report, no action)."""
+        ...
 
     def zero_key_material(self) -> None: ...
 
@@ -303,6 +307,7 @@ class PeerTimers:
         if not self.is_pending(Timer.ZERO_KEY_MATERIAL):
             self._arm(Timer.ZERO_KEY_MATERIAL, at + ZERO_KEY_MATERIAL_TIME)
         self._actions.purge_staged_packets()
+        self._actions.handshake_failed()
 
     def _expired_send_keepalive(self, at: float) -> None:
         if self.need_another_keepalive:

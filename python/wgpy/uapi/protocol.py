@@ -258,6 +258,12 @@ def _names_lines(named: NamedEndpoint | None) -> list[str]:
         lines.append(f"{NAME_ERROR_KEY}={' '.join(named.error.split())}")
     return lines
 
+# The device's counters, one key each: `wgpy_stat_<name>=<integer>` (the data
+# plane's DeviceStats counters, under_load 0/1, handshakes_failed, and
+# handover's decisions by kind). `wgpy metrics` and the daemon's metrics
+# endpoint read them from here.
+STAT_KEY_PREFIX = "wgpy_stat_"
+
 
 def _handover_lines(report: HandoverReport | None) -> list[str]:
     """None: nothing to report (a device without the handover feature)."""
@@ -294,6 +300,8 @@ class DeviceView(Protocol):
 
     def endpoint_names(self, public_key: PublicKey) -> NamedEndpoint | None: ...
 
+    def uapi_counters(self) -> Sequence[tuple[str, int]]: ...
+
     def uapi_stats(self) -> Sequence[tuple[PeerView, PeerStats, list[tuple[str, int]]]]: ...
 
 
@@ -308,6 +316,7 @@ def format_get(device: DeviceView) -> bytes:
         lines.append(f"fwmark={device.fwmark}")
     report = device.handover_report()
     lines.extend(_handover_lines(report))
+    lines.extend(f"{STAT_KEY_PREFIX}{name}={value}" for name, value in device.uapi_counters())
     reannounced = report.last_reannounce if report is not None else {}
     for peer, stats, prefixes in device.uapi_stats():
         psk = peer.preshared_key

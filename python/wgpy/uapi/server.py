@@ -4,11 +4,16 @@ The protocol itself is wgpy.uapi.protocol (sans I/O); this module only does
 the I/O, applies set requests through wgpy.changes and serializes them.
 
 - The socket is an AF_UNIX stream socket, /var/run/wireguard/IFACE.sock,
-  made under umask 077 (srwx------) in a 0755 directory. If the path exists,
+  made under umask 077 (srwx------) in a 0755 directory. The directory is
+  refused unless it is a real directory (not a symlink) owned by root or the
+  daemon's user, that neither group nor others may write: whoever can
+  write it could put their own socket where `wg` looks. If the path exists,
   it is probed: a refused connection means a stale socket, which is
   replaced; an accepted one means the interface is in use. The socket is
-  removed when serving stops; the daemon exits when it is deleted
-  (`wait_socket_removed`: inotify, else polling).
+  removed when serving stops (a daemon that dropped to a user who cannot
+  write the directory cannot, and says so; wg(8) removes such a stale
+  socket); the daemon exits when it is deleted (`wait_socket_removed`:
+  inotify, else polling).
 - Requests on all connections are serialized by one lock: a get never sees
   half a set.
 - Set requests over 1 MiB are parsed in a worker thread, so the device's own
@@ -26,6 +31,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,7 +156,35 @@ def _check_not_served(path: Path) -> None:
     raise OSError(errno.EADDRINUSE, f"interface in use: {path} is served by another process")
 
 
-def open_uapi_socket(path: str | os.PathLike[str]) -> socket.socket:
+def check_directory(directory: Path, owners: Collection[int] = ()) -> None:
+    """Raises OSError unless `directory` is safe to serve from (see above)."""
+    st = os.lstat(directory)
+    allowed = {0, os.geteuid(), *owners}
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{directory} is not a directory (a symlink?)")
+    if st.st_uid not in allowed:
+        raise OSError(errno.EPERM, f"{directory} is owned by uid {st.st_uid}, not root")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(st.st_mode)
+        raise OSError(errno.EPERM, f"{directory} is writable by others (mode {mode:04o})")
+
+
+def remove_socket(path: Path, identity: tuple[int, int] | None, *, warn: bool = True) -> None:
+    """Removes the socket file at `path` if it is still the one with `identity`."""
+    if identity is None or _file_identity(path) != identity:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if warn:
+            log.warning("UAPI: cannot remove %s (%s); wg removes it as stale", path, e.strerror)
+
+
+def open_uapi_socket(
+    path: str | os.PathLike[str], *, owners: Collection[int] = ()
+) -> socket.socket:
     """Creates the listening UAPI socket at `path` (directory 0755, socket
     srwx------), replacing a stale one. Raises OSError (EADDRINUSE, "interface
     in use") if a live process serves that path.
@@ -161,10 +195,13 @@ def open_uapi_socket(path: str | os.PathLike[str]) -> socket.socket:
     so one seen between bind() and listen() would be deleted by any `wg`
     that looked just then.
 
-    Separate from serve_uapi so a launcher can open it before daemonizing.
+    Separate from serve_uapi so a daemon can open it before it drops its
+    privileges. `owners`: uids besides root and ours that may own the
+    directory (the user the daemon will run as).
     """
     path = Path(path)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    check_directory(path.parent, owners)
     _check_not_served(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -190,20 +227,23 @@ async def serve_uapi(
     path: str | os.PathLike[str],
     *,
     listener: socket.socket | None = None,
+    lock: trio.Lock | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serves the UAPI for `device` at `path` until cancelled.
 
     `task_status.started(path)` is called once the socket accepts
     connections. `listener` is an already listening socket for `path` (from
-    `open_uapi_socket`, e.g. opened before daemonizing). On exit the socket
-    file is removed, unless it has been replaced by another one meanwhile.
+    `open_uapi_socket`, e.g. opened before dropping privileges). `lock`
+    serializes requests (and whatever else shares it, such as the metrics).
+    On exit the socket file is removed, unless it has been replaced by
+    another one meanwhile.
     """
     path = Path(path)
     sock = listener if listener is not None else open_uapi_socket(path)
     identity = _file_identity(path)
     listening = trio.socket.from_stdlib_socket(sock)
-    lock = trio.Lock()
+    lock = lock if lock is not None else trio.Lock()
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(path)
@@ -220,9 +260,7 @@ async def serve_uapi(
                 nursery.start_soon(_serve_connection_logged, device, trio.SocketStream(conn), lock)
     finally:
         listening.close()
-        if identity is not None and _file_identity(path) == identity:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        remove_socket(path, identity)
 
 
 # --- exiting when the socket file is deleted -----------------------------------------
