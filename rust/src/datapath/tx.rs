@@ -151,7 +151,7 @@ pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd, faults: &mut Faults) {
     }
 }
 
-fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
+pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
     let routes: Vec<Option<PeerId>> = {
         let table = read(&shared.allowed);
         bufs.iter()
