@@ -18,9 +18,11 @@ pub(crate) enum Command {
         timeout: Duration,
     },
     /// Splice flow `id` (connected or accepted) to `local`.
+    /// `prefix` is sent first (before anything read from `local`).
     Attach {
         id: u64,
         local: OwnedFd,
+        prefix: Vec<u8>,
     },
     /// End flow `id` with a reset.
     Abort {

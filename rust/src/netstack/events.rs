@@ -14,7 +14,11 @@ pub enum StackEvent {
     /// An outgoing connection is established.
     Connected { id: u64 },
     /// An outgoing connection failed (refused, timed out, no route).
-    Failed { id: u64, reason: String },
+    Failed {
+        id: u64,
+        reason: String,
+        timed_out: bool,
+    },
     /// A connection to a listening port is established, waiting to be
     /// attached to a local socket (or aborted).
     Accepted {

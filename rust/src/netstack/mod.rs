@@ -273,10 +273,17 @@ impl Netstack {
         Ok(id)
     }
 
-    /// Splices connection `id` to a copy of `local` (a stream socket).
-    pub fn attach(&self, id: u64, local: RawFd) -> Result<()> {
+    /// Splices connection `id` to a copy of `local` (a stream socket),
+    /// sending `prefix` first (at most the TCP buffer size).
+    pub fn attach(&self, id: u64, local: RawFd, prefix: &[u8]) -> Result<()> {
+        if prefix.len() > self.shared.config.tcp_buffer {
+            return Err(StackError::InvalidArgument(
+                "prefix larger than the TCP buffer".into(),
+            ));
+        }
         let local = dup(local)?;
-        self.command(Command::Attach { id, local });
+        let prefix = prefix.to_vec();
+        self.command(Command::Attach { id, local, prefix });
         Ok(())
     }
 

@@ -126,7 +126,7 @@ impl Stack {
         self.shared.inbound.take(&mut self.device.rx);
         let shared = &self.shared;
         self.tcp
-            .prepare_listeners(self.device.rx.iter(), &mut self.sockets, || {
+            .prepare_listeners(&mut self.device.rx, &mut self.sockets, || {
                 shared.next_id.fetch_add(1, Ordering::Relaxed)
             });
         let now = self.now();
@@ -167,10 +167,14 @@ impl Stack {
                     timeout,
                 );
                 if let Some(local) = local {
-                    self.tcp.attach(&self.poller, id, local);
+                    let args = (id, local, &[][..]);
+                    self.tcp.attach(&mut self.sockets, &self.poller, args);
                 }
             }
-            Command::Attach { id, local } => self.tcp.attach(&self.poller, id, local),
+            Command::Attach { id, local, prefix } => {
+                let args = (id, local, &prefix[..]);
+                self.tcp.attach(&mut self.sockets, &self.poller, args);
+            }
             Command::Abort { id } => self.tcp.abort(&mut self.sockets, &self.poller, id),
             Command::Listen { port, backlog } => self.tcp.listen(port, backlog),
             Command::Unlisten { port } => {

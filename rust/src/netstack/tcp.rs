@@ -16,7 +16,7 @@
 //! - Every socket gets a retransmission timeout (USER_TIMEOUT): a far side
 //!   that vanished ends the flow instead of keeping it forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -117,7 +117,11 @@ impl Tcp {
         if let Err(e) = sock.connect(cx, endpoint(remote), port) {
             ports.release(Proto::Tcp, port);
             let reason = format!("cannot connect to {remote}: {e}");
-            events.push(StackEvent::Failed { id, reason });
+            events.push(StackEvent::Failed {
+                id,
+                reason,
+                timed_out: false,
+            });
             return;
         }
         let flow = Flow {
@@ -133,9 +137,15 @@ impl Tcp {
         self.flows.insert(id, flow);
     }
 
-    /// Gives a flow its local socket; an unknown or finished flow's socket
-    /// is closed with a reset (the connection is gone).
-    pub(crate) fn attach(&mut self, poller: &Poller, id: u64, local: OwnedFd) {
+    /// Gives a flow its local socket, after queueing `prefix` to send first
+    /// (at most the send buffer); an unknown or finished flow's socket is
+    /// closed with a reset (the connection is gone).
+    pub(crate) fn attach(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        poller: &Poller,
+        (id, local, prefix): (u64, OwnedFd, &[u8]),
+    ) {
         let Some(flow) = self.flows.get_mut(&id) else {
             fd::close_with_reset(local);
             return;
@@ -148,6 +158,11 @@ impl Tcp {
         if poller.add(local.as_raw_fd(), id, true).is_err() {
             fd::close_with_reset(local);
             return;
+        }
+        if !prefix.is_empty() {
+            let sock = sockets.get_mut::<Socket>(flow.handle);
+            // Fits: the handle refuses a prefix larger than the send buffer.
+            let _ = sock.send_slice(prefix);
         }
         flow.splice = Some(Splice::new(local));
         if matches!(flow.phase, Phase::Waiting) {
@@ -222,14 +237,22 @@ impl Flow {
             }
             State::Closed => {
                 let reason = format!("connection to {remote} refused");
-                env.events.push(StackEvent::Failed { id, reason });
+                env.events.push(StackEvent::Failed {
+                    id,
+                    reason,
+                    timed_out: false,
+                });
                 self.finish(env.poller, false);
             }
             _ if env.now >= deadline => {
                 sock.abort();
                 let reason =
                     format!("connection to {remote} timed out (no answer through the tunnel)");
-                env.events.push(StackEvent::Failed { id, reason });
+                env.events.push(StackEvent::Failed {
+                    id,
+                    reason,
+                    timed_out: true,
+                });
                 self.finish(env.poller, false);
             }
             _ => {}
@@ -269,41 +292,56 @@ impl Flow {
 }
 
 impl Tcp {
-    /// Creates listening sockets for the SYNs in `packets` (module notes).
-    pub(crate) fn prepare_listeners<'p>(
+    /// Creates listening sockets for the SYNs in `packets` (module notes);
+    /// drops the SYNs past a port's backlog, as a full accept queue does in
+    /// the kernel (the client retries).
+    pub(crate) fn prepare_listeners(
         &mut self,
-        packets: impl Iterator<Item = &'p Vec<u8>>,
+        packets: &mut VecDeque<Vec<u8>>,
         sockets: &mut SocketSet<'static>,
         mut next_id: impl FnMut() -> u64,
     ) {
         if self.listeners.is_empty() {
             return;
         }
-        let mut syns: HashMap<u16, usize> = HashMap::new();
-        for port in packets.filter_map(|p| syn::syn_port(p)) {
-            if self.listeners.contains_key(&port) {
-                *syns.entry(port).or_default() += 1;
+        // Per port: idle listening sockets left, and room for new ones.
+        let mut budget: HashMap<u16, (usize, usize)> = HashMap::new();
+        packets.retain(|p| {
+            let Some(port) = syn::syn_port(p).filter(|port| self.listeners.contains_key(port))
+            else {
+                return true;
+            };
+            let (idle, room) = budget.entry(port).or_insert_with(|| {
+                let (idle, queued) = self.backlog_of(port, sockets);
+                (idle, self.listeners[&port].saturating_sub(queued))
+            });
+            if *idle > 0 {
+                *idle -= 1;
+                return true;
             }
-        }
-        for (port, count) in syns {
-            let (idle, queued) = self.backlog_of(port, sockets);
-            let room = self.listeners[&port].saturating_sub(queued);
-            for _ in 0..count.saturating_sub(idle).min(room) {
-                let mut sock = new_socket(self.buffer);
-                if sock.listen(port).is_err() {
-                    break;
-                }
-                let flow = Flow {
-                    handle: sockets.add(sock),
-                    phase: Phase::Listening { port },
-                    splice: None,
-                    port: None,
-                    remote: SocketAddr::from(([0, 0, 0, 0], port)),
-                    accepted_on: Some(port),
-                };
-                self.flows.insert(next_id(), flow);
+            if *room == 0 || !self.add_listening(sockets, port, next_id()) {
+                return false;
             }
+            *room -= 1;
+            true
+        });
+    }
+
+    fn add_listening(&mut self, sockets: &mut SocketSet<'static>, port: u16, id: u64) -> bool {
+        let mut sock = new_socket(self.buffer);
+        if sock.listen(port).is_err() {
+            return false;
         }
+        let flow = Flow {
+            handle: sockets.add(sock),
+            phase: Phase::Listening { port },
+            splice: None,
+            port: None,
+            remote: SocketAddr::from(([0, 0, 0, 0], port)),
+            accepted_on: Some(port),
+        };
+        self.flows.insert(id, flow);
+        true
     }
 
     /// Listening sockets of `port` still idle, and its connections not yet

@@ -3,7 +3,7 @@
 //! sockets the caller passes by descriptor (each call takes a copy, so the
 //! caller closes its own); results arrive as event tuples when `event_fd`
 //! is readable:
-//! ("connected", id), ("failed", id, reason),
+//! ("connected", id), ("failed", id, reason, timed_out),
 //! ("accepted", port, id, (remote host, port), (local host, port)).
 
 use std::sync::Arc;
@@ -38,7 +38,11 @@ fn stack_error(e: StackError) -> PyErr {
 fn event_tuple<'py>(py: Python<'py>, e: StackEvent) -> PyResult<Bound<'py, PyTuple>> {
     match e {
         StackEvent::Connected { id } => ("connected", id).into_pyobject(py),
-        StackEvent::Failed { id, reason } => ("failed", id, reason).into_pyobject(py),
+        StackEvent::Failed {
+            id,
+            reason,
+            timed_out,
+        } => ("failed", id, reason, timed_out).into_pyobject(py),
         StackEvent::Accepted {
             port,
             id,
@@ -94,8 +98,9 @@ impl PyNetstack {
             .map_err(stack_error)
     }
 
-    fn attach(&self, id: u64, fd: i32) -> PyResult<()> {
-        self.0.attach(id, fd).map_err(stack_error)
+    #[pyo3(signature = (id, fd, prefix=b"".as_slice()))]
+    fn attach(&self, id: u64, fd: i32, prefix: &[u8]) -> PyResult<()> {
+        self.0.attach(id, fd, prefix).map_err(stack_error)
     }
 
     fn abort(&self, id: u64) {
