@@ -27,11 +27,27 @@ A6_ADDR, B6_ADDR = "fd77::1", "fd77::2"
 async def device_pair(**options: object) -> AsyncIterator[tuple[UserspaceDevice, UserspaceDevice]]:
     """a (10.77.0.1, fd77::1) and b (10.77.0.2, fd77::2), each the other's peer."""
     ka, kb = wgpy.PrivateKey.generate(), wgpy.PrivateKey.generate()
-    a = UserspaceDevice("ua", addresses=[f"{A_ADDR}/24", f"{A6_ADDR}/64"], private_key=ka, handover=False, **options)  # type: ignore[arg-type]
-    b = UserspaceDevice("ub", addresses=[f"{B_ADDR}/24", f"{B6_ADDR}/64"], private_key=kb, handover=False, dns_servers=[A_ADDR])
+    a = UserspaceDevice(
+        "ua", addresses=[f"{A_ADDR}/24", f"{A6_ADDR}/64"], private_key=ka, handover=False, **options
+    )  # type: ignore[arg-type]
+    b = UserspaceDevice(
+        "ub",
+        addresses=[f"{B_ADDR}/24", f"{B6_ADDR}/64"],
+        private_key=kb,
+        handover=False,
+        dns_servers=[A_ADDR],
+    )
     async with a, b:
-        await a.add_peer(kb.public_key(), endpoint=("127.0.0.1", b.listen_port), allowed_ips=[f"{B_ADDR}/32", f"{B6_ADDR}/128"])
-        await b.add_peer(ka.public_key(), endpoint=("127.0.0.1", a.listen_port), allowed_ips=[f"{A_ADDR}/32", f"{A6_ADDR}/128"])
+        await a.add_peer(
+            kb.public_key(),
+            endpoint=("127.0.0.1", b.listen_port),
+            allowed_ips=[f"{B_ADDR}/32", f"{B6_ADDR}/128"],
+        )
+        await b.add_peer(
+            ka.public_key(),
+            endpoint=("127.0.0.1", a.listen_port),
+            allowed_ips=[f"{A_ADDR}/32", f"{A6_ADDR}/128"],
+        )
         yield a, b
 
 
@@ -63,10 +79,12 @@ def test_bulk_transfer_is_exact_with_a_slow_reader() -> None:
     async def main() -> None:
         async with device_pair() as (a, b), trio.open_nursery() as nursery:
             listener = a.listen_tcp(5001)
+
             async def send() -> None:
                 stream = await b.open_tcp_stream(A_ADDR, 5001)
                 async with stream:
                     await stream.send_all(payload)
+
             nursery.start_soon(send)
             received = hashlib.sha256()
             total = 0
@@ -118,8 +136,12 @@ def test_udp_and_dns_through_the_tunnel() -> None:
                 query, source = await sock.recvfrom()
                 qid = query[:2]
                 question = query[12:]
-                answer = question + struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(A_ADDR)
-                header = qid + struct.pack("!HHHHH", 0x8180, 1, 1 if question.endswith(b"\0\x01\0\x01") else 0, 0, 0)
+                answer = (
+                    question + struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(A_ADDR)
+                )
+                header = qid + struct.pack(
+                    "!HHHHH", 0x8180, 1, 1 if question.endswith(b"\0\x01\0\x01") else 0, 0, 0
+                )
                 body = answer if question.endswith(b"\0\x01\0\x01") else question
                 await sock.sendto(header + body, source)
 
@@ -152,9 +174,15 @@ def test_errors_are_clear_and_prompt() -> None:
                 a.listen_tcp(7000), a.listen_tcp(7000)
         # A peer that never answers: a timeout that says so, not a hang.
         key = wgpy.PrivateKey.generate()
-        lonely = UserspaceDevice("uc", addresses=["10.78.0.1/24"], private_key=key, handover=False, connect_timeout=1.5)
+        lonely = UserspaceDevice(
+            "uc", addresses=["10.78.0.1/24"], private_key=key, handover=False, connect_timeout=1.5
+        )
         async with lonely:
-            await lonely.add_peer(wgpy.PrivateKey.generate().public_key(), endpoint=("127.0.0.1", 9), allowed_ips=["10.78.0.0/24"])
+            await lonely.add_peer(
+                wgpy.PrivateKey.generate().public_key(),
+                endpoint=("127.0.0.1", 9),
+                allowed_ips=["10.78.0.0/24"],
+            )
             with trio.fail_after(10), pytest.raises(TimeoutError, match="no handshake"):
                 await lonely.open_tcp_stream("10.78.0.2", 80)
 

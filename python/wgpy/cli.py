@@ -107,6 +107,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "up": up,
     "down": down,
     "demo": demo,
+    "proxy": lambda argv: __import__("wgpy.proxy", fromlist=["main"]).main(argv),
+    "forward": lambda argv: __import__("wgpy.forward", fromlist=["main"]).main(argv),
 }
 
 

@@ -36,7 +36,9 @@ def encode_query(query_id: int, name: str, qtype: int) -> bytes:
     if any(not label or len(label) > 63 for label in labels):
         raise socket.gaierror(socket.EAI_NONAME, f"invalid name {name!r}")
     qname = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
-    return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, 1)
+    return (
+        struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, 1)
+    )
 
 
 def _skip_name(msg: bytes, pos: int) -> int:
@@ -77,7 +79,9 @@ def parse_answer(msg: bytes, query_id: int, qtype: int) -> tuple[int, list[str]]
     return flags & 0xF, found
 
 
-async def _ask(sock: TunnelUdpSocket, server: str, name: str, qtype: int) -> tuple[int, list[str]] | None:
+async def _ask(
+    sock: TunnelUdpSocket, server: str, name: str, qtype: int
+) -> tuple[int, list[str]] | None:
     """One server's answer for one type, or None if it never came."""
     for _ in range(TRIES):
         query_id = secrets.randbits(16)
@@ -94,10 +98,14 @@ async def _ask(sock: TunnelUdpSocket, server: str, name: str, qtype: int) -> tup
     return None
 
 
-async def resolve(sock: TunnelUdpSocket, servers: list[str], name: str, qtypes: list[int]) -> list[str]:
+async def resolve(
+    sock: TunnelUdpSocket, servers: list[str], name: str, qtypes: list[int]
+) -> list[str]:
     """The addresses of `name` (types in `qtypes` order), from the first server that answers."""
     if not servers:
-        raise socket.gaierror(socket.EAI_FAIL, f"cannot resolve {name!r}: the configuration has no DNS server")
+        raise socket.gaierror(
+            socket.EAI_FAIL, f"cannot resolve {name!r}: the configuration has no DNS server"
+        )
     for server in servers:
         answers: list[str] = []
         answered = False
@@ -108,10 +116,17 @@ async def resolve(sock: TunnelUdpSocket, servers: list[str], name: str, qtypes: 
             answered = True
             rcode, found = result
             if rcode == NXDOMAIN:
-                raise socket.gaierror(socket.EAI_NONAME, f"{name!r}: no such name (DNS server {server})")
+                raise socket.gaierror(
+                    socket.EAI_NONAME, f"{name!r}: no such name (DNS server {server})"
+                )
             answers += found
         if answers:
             return answers
         if answered:
-            raise socket.gaierror(socket.EAI_NODATA, f"{name!r} has no address (DNS server {server})")
-    raise socket.gaierror(socket.EAI_AGAIN, f"cannot resolve {name!r}: no answer from {', '.join(servers)} through the tunnel")
+            raise socket.gaierror(
+                socket.EAI_NODATA, f"{name!r} has no address (DNS server {server})"
+            )
+    raise socket.gaierror(
+        socket.EAI_AGAIN,
+        f"cannot resolve {name!r}: no answer from {', '.join(servers)} through the tunnel",
+    )

@@ -123,7 +123,9 @@ class StackEvents:
         self._detached[id_] = on_failure
         return id_
 
-    def listen(self, port: int, backlog: int = 1024) -> tuple[int, trio.MemoryReceiveChannel[Accepted]]:
+    def listen(
+        self, port: int, backlog: int = 1024
+    ) -> tuple[int, trio.MemoryReceiveChannel[Accepted]]:
         """Listens on a tunnel port (0: any); accepted connections arrive on
         the channel returned with the port."""
         port = self.stack.listen(port, backlog)

@@ -75,6 +75,17 @@ class TunnelUdpSocket:
     def close(self) -> None:
         self._sock.close()
 
+    def __enter__(self) -> TunnelUdpSocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     async def __aenter__(self) -> TunnelUdpSocket:
         return self
 

@@ -59,7 +59,9 @@ def _stream(sock: socket.socket) -> trio.SocketStream:
 class TunnelListener(trio.abc.Listener[trio.SocketStream]):
     """Connections to a TCP port inside the tunnel, as Trio streams."""
 
-    def __init__(self, device: UserspaceDevice, port: int, accepted: trio.MemoryReceiveChannel[Accepted]) -> None:
+    def __init__(
+        self, device: UserspaceDevice, port: int, accepted: trio.MemoryReceiveChannel[Accepted]
+    ) -> None:
         self._device = device
         self.port = port
         self._accepted = accepted
@@ -110,7 +112,9 @@ class UserspaceDevice(Device):
         tcp_buffer: int = DEFAULT_TCP_BUFFER,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        super().__init__(name, private_key=private_key, listen_port=listen_port, mtu=mtu, handover=handover)
+        super().__init__(
+            name, private_key=private_key, listen_port=listen_port, mtu=mtu, handover=handover
+        )
         self.addresses = [_interface(a) for a in addresses]
         if not self.addresses:
             raise DeviceError("a userspace device needs at least one Address")
@@ -236,7 +240,9 @@ class UserspaceDevice(Device):
         if peer is not None and peer.stats().last_handshake is None:
             endpoint = peer.stats().endpoint
             where = f" at {endpoint[0]}:{endpoint[1]}" if endpoint else " (it has no endpoint)"
-            return TimeoutError(error.errno, f"{error.strerror}: no handshake with the peer{where} yet")
+            return TimeoutError(
+                error.errno, f"{error.strerror}: no handshake with the peer{where} yet"
+            )
         return error
 
     async def connect_tcp(self, host: str, port: int, fd: int | None = None) -> tuple[int, str]:
@@ -248,7 +254,9 @@ class UserspaceDevice(Device):
         address = addresses[0]
         self._check_route(address)
         try:
-            id_ = await self.stack_events.connect(address, port, fd=fd, timeout=self.connect_timeout)
+            id_ = await self.stack_events.connect(
+                address, port, fd=fd, timeout=self.connect_timeout
+            )
         except TimeoutError as e:
             raise self._explain_timeout(address, e) from None
         return id_, address
