@@ -59,7 +59,9 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
         namespace; returns once it printed its "listening" line."""
         config = self.write_config()
         argv = [*AS_NOBODY, sys.executable, "-m", "wgpy", command, str(config), *args]
-        process = self.client_ns.spawn(argv, env={"LOG_LEVEL": os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")})
+        process = self.client_ns.spawn(
+            argv, env={"LOG_LEVEL": os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")}
+        )
         wait_until(
             lambda: f"wgpy {command}:" in process.log() or not process.alive(),
             timeout=20,
@@ -72,7 +74,10 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
         """A far-side server (tests/rootless_servers.py or any command)."""
         process = self.far_ns.spawn(list(argv))
         wait_until(
-            lambda: "ready" in process.log() or "Serving HTTP" in process.log() or not process.alive(),
+            lambda: (
+                any(m in process.log() for m in ("ready", "Serving HTTP", "listening"))
+                or not process.alive()
+            ),
             timeout=20,
             what=f"{argv} to be ready",
         )
@@ -83,8 +88,20 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
 @contextmanager
 def rootless_lab(lab: NetnsLab, far_impl: str = WIREGUARD_GO) -> Iterator[RootlessLab]:
     client_ns, far_ns = lab.namespace(), lab.namespace()
-    lab.veth(far_ns, client_ns, [f"{OUTER_V4[0]}/24", f"{OUTER_V6[0]}/64"], [f"{OUTER_V4[1]}/24", f"{OUTER_V6[1]}/64"])
-    far = start_node(lab, far_ns, far_impl, port=51820, addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"], log_level="error")
+    lab.veth(
+        far_ns,
+        client_ns,
+        [f"{OUTER_V4[0]}/24", f"{OUTER_V6[0]}/64"],
+        [f"{OUTER_V4[1]}/24", f"{OUTER_V6[1]}/64"],
+    )
+    far = start_node(
+        lab,
+        far_ns,
+        far_impl,
+        port=51820,
+        addresses=[f"{INNER_V4[0]}/24", f"{INNER_V6[0]}/64"],
+        log_level="error",
+    )
     client_key = wgpy.PrivateKey.generate()
     far.set_peer(client_key.public_key(), [f"{INNER_V4[1]}/32", f"{INNER_V6[1]}/128"])
     config_dir = Path(tempfile.mkdtemp(prefix="wgpy-rootless-"))
@@ -108,12 +125,29 @@ def http_root(lab: RootlessLab, size: int) -> Path:
 
 
 def serve_http(lab: RootlessLab, root: Path, port: int = 8000) -> BackgroundProcess:
-    return lab.serve_far(sys.executable, "-m", "http.server", "--bind", INNER_V4[0], "--directory", str(root), str(port))
+    return lab.serve_far(
+        sys.executable,
+        "-m",
+        "http.server",
+        "--bind",
+        INNER_V4[0],
+        "--directory",
+        str(root),
+        str(port),
+    )
 
 
 def serve_dns(lab: RootlessLab) -> BackgroundProcess:
-    return lab.serve_far(sys.executable, str(HERE / "rootless_servers.py"), "dns", INNER_V4[0], f"{FAR_NAME}={INNER_V4[0]}")
+    return lab.serve_far(
+        sys.executable,
+        str(HERE / "rootless_servers.py"),
+        "dns",
+        INNER_V4[0],
+        f"{FAR_NAME}={INNER_V4[0]}",
+    )
 
 
 def serve_echo(lab: RootlessLab, port: int = 7) -> BackgroundProcess:
-    return lab.serve_far(sys.executable, str(HERE / "rootless_servers.py"), "echo", f"{INNER_V4[0]}:{port}")
+    return lab.serve_far(
+        sys.executable, str(HERE / "rootless_servers.py"), "echo", f"{INNER_V4[0]}:{port}"
+    )

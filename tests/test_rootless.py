@@ -18,7 +18,15 @@ import sys
 import pytest
 import trio
 from netns import NetnsLab, require_programs, require_tun, wait_until
-from rootless_lab import FAR_NAME, RootlessLab, http_root, rootless_lab, serve_dns, serve_echo, serve_http
+from rootless_lab import (
+    FAR_NAME,
+    RootlessLab,
+    http_root,
+    rootless_lab,
+    serve_dns,
+    serve_echo,
+    serve_http,
+)
 from wgnet import INNER_V4, OUTER_V4
 from wgpy import dns
 
@@ -34,7 +42,10 @@ def rl(netns_lab: NetnsLab) -> RootlessLab:
 
 
 def curl_sha256(lab: RootlessLab, *args: str) -> str:
-    out = lab.client_ns.run(["bash", "-c", "curl -sS --fail --max-time 120 " + " ".join(args) + " | sha256sum"], timeout=150)
+    out = lab.client_ns.run(
+        ["bash", "-c", "curl -sS --fail --max-time 120 " + " ".join(args) + " | sha256sum"],
+        timeout=150,
+    )
     return out.stdout.split()[0]
 
 
@@ -51,9 +62,14 @@ def test_proxy_as_nobody_socks5h_and_http_connect_100mb(rl: RootlessLab) -> None
     assert curl_sha256(rl, "--socks5-hostname", "127.0.0.1:1080", url) == expected
     assert curl_sha256(rl, "--proxytunnel", "--proxy", "http://127.0.0.1:8080", url) == expected
     # A name only the far side's DNS knows, resolved through the tunnel (socks5h and HTTP).
-    for how in ("--socks5-hostname 127.0.0.1:1080",  # noqa: E501
-                "--proxytunnel --proxy http://127.0.0.1:8080", "--proxy http://127.0.0.1:8080"):
-        out = rl.client_ns.run(["bash", "-c", f"curl -sS --fail --max-time 20 {how} http://{FAR_NAME}:8000/small"])
+    for how in (
+        "--socks5-hostname 127.0.0.1:1080",
+        "--proxytunnel --proxy http://127.0.0.1:8080",
+        "--proxy http://127.0.0.1:8080",
+    ):
+        out = rl.client_ns.run(
+            ["bash", "-c", f"curl -sS --fail --max-time 20 {how} http://{FAR_NAME}:8000/small"]
+        )
         assert out.stdout == "hello through the tunnel\n", how
     proxy.stop()
     assert proxy.popen.returncode == 0, proxy.log()
@@ -87,8 +103,13 @@ def test_forward_as_nobody_1000_connections_udp_and_reverse(rl: RootlessLab) -> 
     local = rl.client_ns.spawn([sys.executable, "-c", LOCAL_SERVICE])
     wait_until(lambda: "ready" in local.log(), timeout=10, what="local service")
     forward = rl.run_as_nobody(
-        "forward", "--tcp", "127.0.0.1:9007=10.200.0.1:7", "--udp", "127.0.0.1:9053=10.200.0.1:53",
-        "--remote-tcp", "8081=127.0.0.1:7001",
+        "forward",
+        "--tcp",
+        "127.0.0.1:9007=10.200.0.1:7",
+        "--udp",
+        "127.0.0.1:9053=10.200.0.1:53",
+        "--remote-tcp",
+        "8081=127.0.0.1:7001",
     )
     with rl.client_ns.entered():
         assert trio.run(_many_connections, 1000) == 1000
@@ -125,13 +146,23 @@ def test_roaming_and_handover_as_nobody(rl: RootlessLab) -> None:
     root = http_root(rl, 1 << 20)
     serve_http(rl, root)
     rl.run_as_nobody("proxy", "--socks5", "127.0.0.1:1080")
-    fetch = ["curl", "-sS", "--fail", "--max-time", "20", "--socks5", "127.0.0.1:1080", f"http://{INNER_V4[0]}:8000/small"]
+    fetch = [
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "20",
+        "--socks5",
+        "127.0.0.1:1080",
+        f"http://{INNER_V4[0]}:8000/small",
+    ]
     assert rl.client_ns.run(fetch).stdout == "hello through the tunnel\n"
     assert rl.far.peer_dump(rl.client_key.public_key()).endpoint.startswith(OUTER_V4[1] + ":")
     veth = rl.client_ns.run(["ip", "-o", "-4", "addr", "show"]).stdout
     ifname = next(line.split()[1] for line in veth.splitlines() if OUTER_V4[1] in line)
-    rl.client_ns.ip("addr", "add", "10.77.0.3/24", "dev", ifname)
+    # The old address goes (handover holds the packets: no path), then the new one comes.
     rl.client_ns.ip("addr", "del", f"{OUTER_V4[1]}/24", "dev", ifname)
+    rl.client_ns.ip("addr", "add", "10.77.0.3/24", "dev", ifname)
     wait_until(
         lambda: rl.far.peer_dump(rl.client_key.public_key()).endpoint.startswith("10.77.0.3:"),
         timeout=10,
