@@ -52,12 +52,20 @@ def start_onetun(lab: RootlessLab) -> None:
     key_file.write_text(key.to_base64() + "\n")
     iperf, echo = LOCAL_PORTS["onetun"]
     argv = [
-        ONETUN, f"127.0.0.1:{iperf}:{INNER_V4[0]}:{IPERF_PORT}:TCP",
+        ONETUN,
+        f"127.0.0.1:{iperf}:{INNER_V4[0]}:{IPERF_PORT}:TCP",
         f"127.0.0.1:{echo}:{INNER_V4[0]}:{ECHO_PORT}:TCP",
-        "--private-key-file", str(key_file), "--endpoint-public-key", lab.far.public_key.to_base64(),
-        "--endpoint-addr", f"{OUTER_V4[0]}:{lab.far.port}", "--source-peer-ip", ONETUN_ADDR,
-        "--log", "error",
-    ]  # fmt: skip
+        "--private-key-file",
+        str(key_file),
+        "--endpoint-public-key",
+        lab.far.public_key.to_base64(),
+        "--endpoint-addr",
+        f"{OUTER_V4[0]}:{lab.far.port}",
+        "--source-peer-ip",
+        ONETUN_ADDR,
+        "--log",
+        "error",
+    ]
     process = lab.client_ns.spawn(argv)
     wait_until(
         lambda: lab.client_ns.run(["ss", "-Htln", f"sport = :{echo}"]).stdout.strip() != "",

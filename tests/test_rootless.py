@@ -130,7 +130,9 @@ import http.server, socketserver
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = b"local service\\n"
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
 server = http.server.HTTPServer(("127.0.0.1", 7001), H)

@@ -57,7 +57,7 @@ impl Splice {
         if sock.state() == State::Closed && !(self.local_eof && self.remote_eof) {
             return Pumped::Finished; // reset or timed out: the caller resets the local socket
         }
-        if self.to_local(sock).is_err() || self.from_local(sock).is_err() {
+        if self.pump_to_local(sock).is_err() || self.pump_from_local(sock).is_err() {
             sock.abort();
             return Pumped::Finished;
         }
@@ -75,7 +75,7 @@ impl Splice {
     }
 
     /// The far side's data (and its FIN) to the local socket.
-    fn to_local(&mut self, sock: &mut Socket<'_>) -> Result<(), ()> {
+    fn pump_to_local(&mut self, sock: &mut Socket<'_>) -> Result<(), ()> {
         let raw = self.fd.as_raw_fd();
         while self.writable && sock.can_recv() {
             let sent = sock.recv(|buf| match fd::send(raw, buf) {
@@ -101,7 +101,7 @@ impl Splice {
     }
 
     /// The local socket's data (and its end of file) to the far side.
-    fn from_local(&mut self, sock: &mut Socket<'_>) -> Result<(), ()> {
+    fn pump_from_local(&mut self, sock: &mut Socket<'_>) -> Result<(), ()> {
         let raw = self.fd.as_raw_fd();
         while self.readable && !self.local_eof && sock.can_send() {
             let read = sock.send(|buf| match fd::recv(raw, buf) {

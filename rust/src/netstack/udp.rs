@@ -103,8 +103,8 @@ impl Udp {
     pub(crate) fn service(&mut self, sockets: &mut SocketSet<'static>, ports: &Ports) {
         for b in self.bindings.values_mut() {
             let sock = sockets.get_mut::<Socket>(b.handle);
-            to_local(b, sock);
-            from_local(b, sock, &mut self.scratch);
+            pump_to_local(b, sock);
+            pump_from_local(b, sock, &mut self.scratch);
         }
         self.bindings.retain(|_, b| {
             if b.closed {
@@ -116,7 +116,7 @@ impl Udp {
     }
 }
 
-fn to_local(b: &mut Binding, sock: &mut Socket<'_>) {
+fn pump_to_local(b: &mut Binding, sock: &mut Socket<'_>) {
     while let Ok((payload, meta)) = sock.recv() {
         let from = SocketAddr::new(meta.endpoint.addr.into(), meta.endpoint.port);
         match fd::send_parts(b.fd.as_raw_fd(), &encode_addr(from), payload) {
@@ -127,7 +127,7 @@ fn to_local(b: &mut Binding, sock: &mut Socket<'_>) {
     }
 }
 
-fn from_local(b: &mut Binding, sock: &mut Socket<'_>, scratch: &mut [u8]) {
+fn pump_from_local(b: &mut Binding, sock: &mut Socket<'_>, scratch: &mut [u8]) {
     while b.readable && !b.closed && sock.can_send() {
         match fd::recv(b.fd.as_raw_fd(), scratch) {
             Ok(0) => b.closed = true,
