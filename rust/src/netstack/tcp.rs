@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Context, SocketHandle, SocketSet};
-use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
+use smoltcp::socket::tcp::{CongestionControl, Socket, SocketBuffer, State};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::events::{EventQueue, StackEvent};
@@ -78,6 +78,10 @@ fn new_socket(buffer: usize) -> Socket<'static> {
     // Nagle would hold the tail of every write for an ACK; the local socket
     // already gives us data in large pieces.
     sock.set_nagle_enabled(false);
+    // Without congestion control smoltcp sends a whole buffer at once; the
+    // burst overflows UDP socket buffers on the way and, with no SACK, each
+    // loss costs a retransmission timeout.
+    sock.set_congestion_control(CongestionControl::Cubic);
     sock
 }
 

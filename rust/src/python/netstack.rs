@@ -98,9 +98,12 @@ impl PyNetstack {
             .map_err(stack_error)
     }
 
-    #[pyo3(signature = (id, fd, prefix=b"".as_slice()))]
-    fn attach(&self, id: u64, fd: i32, prefix: &[u8]) -> PyResult<()> {
-        self.0.attach(id, fd, prefix).map_err(stack_error)
+    /// `prefix`: bytes sent on the connection before the socket's own.
+    #[pyo3(signature = (id, fd, prefix=None))]
+    fn attach(&self, id: u64, fd: i32, prefix: Option<&[u8]>) -> PyResult<()> {
+        self.0
+            .attach(id, fd, prefix.unwrap_or_default())
+            .map_err(stack_error)
     }
 
     fn abort(&self, id: u64) {
