@@ -86,6 +86,21 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
 
 
 @contextmanager
+def nobody_config(text: str) -> Iterator[Path]:
+    """A wg-quick file only nobody can read, in a directory it can reach."""
+    directory = Path(tempfile.mkdtemp(prefix="wgpy-rootless-"))
+    os.chmod(directory, 0o755)
+    path = directory / "client.conf"
+    try:
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        shutil.chown(path, "nobody", "nogroup")
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
 def rootless_lab(lab: NetnsLab, far_impl: str = WIREGUARD_GO) -> Iterator[RootlessLab]:
     client_ns, far_ns = lab.namespace(), lab.namespace()
     lab.veth(
