@@ -59,6 +59,7 @@ from netns import (
     require_tun,
     wait_until,
 )
+from rootless_lab import AS_NOBODY, nobody_config
 from transfer import last_json, start_receiver, start_sender
 from wgnet import Node, PeerDump, endpoint_text, find_peer, start_node, write_secret
 
@@ -612,6 +613,38 @@ def test_psk_change_takes_effect_at_the_next_handshake(env: Env, role: str) -> N
     assert initiator_view.latest_handshake == 0, "no handshake completed for the initiator"
     assert responder_view.latest_handshake == responder_before, "nor for the responder"
     assert_kernel_clean(env.kernel)
+
+
+def test_rootless_forward_as_nobody_to_the_kernel(env: Env) -> None:
+    """`wgpy forward` as nobody (no TUN, no capabilities; a userspace stack
+    inside) with the kernel module as its peer: 10 MB through a TCP forward
+    arrive with an equal SHA-256."""
+    kernel, client = env.kernel, wgpy.PrivateKey.generate()
+    key = wgpy.PrivateKey.generate()
+    wg0 = kernel_config(key, GUEST_PORT, client.public_key(), [f"{INNER[0]}/32"])
+    kernel.set_wg("wg0", wg0, [f"{INNER[1]}/24", f"{INNER6[1]}/64"])
+    config = f"""[Interface]
+PrivateKey = {client.to_base64()}
+Address = {INNER[0]}/24
+
+[Peer]
+PublicKey = {key.public_key().to_base64()}
+Endpoint = {kernel.underlay.peer_v4}:{GUEST_PORT}
+AllowedIPs = {INNER[1]}/32
+"""
+    port, local = 5301, 9301
+    sha_file = start_kernel_receiver(kernel, port)
+    with nobody_config(config) as path:
+        forward = env.ns.spawn(
+            [*AS_NOBODY, sys.executable, "-m", "wgpy", "forward", str(path),
+             "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"]
+        )  # fmt: skip
+        wait_until(lambda: "wgpy forward:" in forward.log(), timeout=20, what="wgpy forward")
+        tx = start_sender(env.ns, "127.0.0.1", 10 << 20, port=local)
+        tx.popen.wait(timeout=120)
+        assert kernel_received_sha(kernel, sha_file) == last_json(tx)["sha256"]
+        forward.stop()
+        assert forward.popen.returncode == 0, forward.log()
 
 
 @contextlib.contextmanager

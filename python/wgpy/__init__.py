@@ -57,6 +57,8 @@ from wgpy.config import (
 from wgpy.device import Device, DeviceError
 from wgpy.events import DeviceEvent
 from wgpy.peer import Peer, PeerStats
+from wgpy.tunnel_udp import TunnelUdpSocket
+from wgpy.userspace import TunnelListener, UserspaceDevice
 
 MESSAGE_INITIATION = 1
 MESSAGE_RESPONSE = 2
@@ -108,6 +110,9 @@ __all__ = [
     "ReplayError",
     "Session",
     "SessionExpiredError",
+    "TunnelListener",
+    "TunnelUdpSocket",
+    "UserspaceDevice",
     "inner_packet_len",
     "load",
     "message_type",

@@ -229,9 +229,19 @@ def _add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     p = commands.add_parser("down", help="take a tunnel down, as wg-quick(8) down")
     p.add_argument("config", metavar="CONFIG|IFACE", help="a .conf file or an interface name")
     p.set_defaults(run=down)
+    _add_rootless(commands)
     p = commands.add_parser("demo", help="a measured tunnel between two namespaces")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(run=demo)
+
+
+def _add_rootless(commands: argparse._SubParsersAction[Parser]) -> None:
+    from wgpy import forward, proxy
+
+    for name, module in (("proxy", proxy), ("forward", forward)):
+        p = commands.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run_command)
 
 
 def build_parser() -> Parser:

@@ -159,7 +159,7 @@ class Device:
             async with background_tasks() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._event_loop)
-                await nursery.start(follow_mtu, self.tun.fd, self.datapath)
+                await self._follow_inside(nursery)
                 await nursery.start(self._names.run)
                 await self._start_handover(nursery)
                 try:
@@ -169,12 +169,38 @@ class Device:
                     for peer in self._peers.values():
                         peer.remove()
 
-    @contextlib.contextmanager
-    def _resources(self) -> Iterator[None]:
-        """Creates the TUN interface; on the way out closes everything this
-        device opened, whatever happened."""
+    # --- the inside: a TUN device here; wgpy.userspace overrides these four ---
+
+    def _open_inside(self) -> None:
+        """Creates the TUN interface."""
         self._tun = Tun.create(self.name, self._mtu)
         self.name = self._tun.name
+
+    def _close_inside(self) -> None:
+        if self._tun is not None:
+            self._tun.close()
+
+    def _new_datapath(self) -> Datapath:
+        tun = self.tun
+        return Datapath(tun.fd, self._mtu, tun.vnet_hdr, tun.udp_offload)
+
+    def _start_inside(self) -> str:
+        """Brings the inside up once the data plane has its sockets and key;
+        returns what the start log line says of it."""
+        tun = self.tun
+        tun.set_up()
+        offloads = ("TCP+UDP" if tun.udp_offload else "TCP") if tun.vnet_hdr else "off"
+        return f"TUN offloads: {offloads}"
+
+    async def _follow_inside(self, nursery: trio.Nursery) -> None:
+        """Starts following the interface's MTU (wgpy.link)."""
+        await nursery.start(follow_mtu, self.tun.fd, self.datapath)
+
+    @contextlib.contextmanager
+    def _resources(self) -> Iterator[None]:
+        """Creates the inside; on the way out closes everything this
+        device opened, whatever happened."""
+        self._open_inside()
         try:
             yield
         finally:
@@ -183,32 +209,30 @@ class Device:
             for s in self._sockets:
                 s.close()
             self._sockets = []
-            self._tun.close()
+            self._close_inside()
             self._subscribers.close()
             self.closed.set()
 
     def _open_datapath(self) -> None:
-        tun = self.tun
         sockets = open_udp_sockets(self._listen_port, self._fwmark)
         try:
             if self._before_start is not None:
                 self._before_start()
             # Threads start from here on (the crypto helpers with the data
             # plane, a receive thread per socket).
-            self._datapath = Datapath(tun.fd, self._mtu, tun.vnet_hdr, tun.udp_offload)
+            self._datapath = self._new_datapath()
         except BaseException:
             for s in sockets:
                 s.close()
             raise
         self._use_sockets(sockets)
         self._datapath.set_private_key(self._private_key)
-        tun.set_up()
+        inside = self._start_inside()
         self._datapath.start()
-        offloads = ("TCP+UDP" if tun.udp_offload else "TCP") if tun.vnet_hdr else "off"
         log.info(
-            "%s: data plane started (TUN offloads: %s, crypto helper threads: %d)",
+            "%s: data plane started (%s, crypto helper threads: %d)",
             self.name,
-            offloads,
+            inside,
             self._datapath.crypto_helpers,
         )
 

@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod error;
 pub mod keys;
 pub mod messages;
+pub mod netstack;
 pub mod noise;
 pub mod ratelimiter;
 pub mod replay;
@@ -40,6 +41,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_class::<session::PySession>()?;
     m.add_class::<cookie_checker::PyCookieChecker>()?;
     m.add_class::<datapath::PyDatapath>()?;
+    m.add_class::<netstack::PyNetstack>()?;
     m.add_class::<peer_state::PyPeerState>()?;
     m.add_class::<crate::datapath::DeviceStats>()?;
     m.add_function(wrap_pyfunction!(initiation::open_initiation, m)?)?;

@@ -258,6 +258,7 @@ def _names_lines(named: NamedEndpoint | None) -> list[str]:
         lines.append(f"{NAME_ERROR_KEY}={' '.join(named.error.split())}")
     return lines
 
+
 # The device's counters, one key each: `wgpy_stat_<name>=<integer>` (the data
 # plane's DeviceStats counters, under_load 0/1, handshakes_failed, and
 # handover's decisions by kind). `wgpy metrics` and the daemon's metrics

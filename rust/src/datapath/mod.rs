@@ -1,4 +1,5 @@
-//! The data plane: moves packets between the TUN device and the UDP sockets
+//! The data plane: moves packets between the inside (a TUN device or a
+//! userspace stack, inside.rs) and the UDP sockets
 //! and runs the handshakes, in native threads, never calling into Python.
 //!
 //! Threads (thread.rs: a thread that panics takes the process down):
@@ -40,6 +41,7 @@ mod events;
 mod handshake;
 mod hold;
 mod index;
+mod inside;
 mod keypairs;
 pub mod offload;
 mod peer;
@@ -48,12 +50,12 @@ mod rx;
 mod staged;
 mod stats;
 mod sys;
-mod thread;
+pub(crate) mod thread;
 mod tx;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -62,6 +64,7 @@ pub use endpoint::{Endpoint, Source};
 pub use error::DatapathError;
 pub use events::Event;
 pub use handshake::{MAX_QUEUED_HANDSHAKES, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_QUEUE_LENGTH};
+pub use inside::{send_buffer_len, InsideSender, PacketSink, SEND_HEADROOM};
 pub use staged::MAX_STAGED;
 pub use stats::DeviceStats;
 pub use thread::TEST_PANIC_ENV;
@@ -74,6 +77,7 @@ use crate::sync::{lock, read, write};
 use events::EventQueue;
 use handshake::{DeviceIdentity, Handshakes};
 use index::IndexTable;
+use inside::Inside;
 use peer::Peer;
 use stats::DeviceCounters;
 use thread::Worker;
@@ -136,7 +140,8 @@ pub(crate) struct Shared {
     placeholder: Arc<Identity>,
     events: EventQueue,
     mtu: AtomicUsize,
-    tun: OwnedFd,
+    /// The TUN device or a userspace stack (inside.rs).
+    inside: Inside,
     sockets: RwLock<Sockets>,
     counters: DeviceCounters,
     vnet_hdr: bool,
@@ -173,7 +178,7 @@ impl Shared {
     }
 
     fn tun_fd(&self) -> RawFd {
-        self.tun.as_raw_fd()
+        self.inside.tun_fd()
     }
 
     /// Our identity as peers' handshakes hold it.
@@ -225,6 +230,17 @@ impl Datapath {
     pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> Result<Self> {
         let tun = sys::dup(tun_fd)?;
         sys::set_nonblocking(tun.as_fd())?;
+        Self::with_inside(Inside::Tun(tun), mtu, vnet_hdr, udp_offload)
+    }
+
+    /// A data plane whose inside is a userspace stack (inside.rs): there is
+    /// no TUN device and no `wgpy-tun` thread; the stack sends through
+    /// `sender()`.
+    pub fn with_stack(sink: Arc<dyn PacketSink>, mtu: usize) -> Result<Self> {
+        Self::with_inside(Inside::Stack(sink), mtu, false, false)
+    }
+
+    fn with_inside(inside: Inside, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> Result<Self> {
         let (pool, notice) = pool::CryptoPool::from_env("wgpy-crypto");
         let events = EventQueue::new()?;
         if let Some(message) = notice {
@@ -240,7 +256,7 @@ impl Datapath {
                 placeholder: Arc::new(Identity::new(PrivateKey::generate())),
                 events,
                 mtu: AtomicUsize::new(mtu),
-                tun,
+                inside,
                 sockets: RwLock::new(Sockets::default()),
                 counters: DeviceCounters::default(),
                 hold_unreachable: AtomicBool::new(false),
@@ -256,11 +272,14 @@ impl Datapath {
     /// their sockets).
     pub fn start(&self) -> Result<()> {
         let mut threads = lock(&self.threads);
-        if threads.tun.is_none() {
+        if threads.handshake.is_none() {
             let shared = self.shared.clone();
             threads.handshake = Some(Worker::spawn("wgpy-handshake", move |stop, faults| {
                 handshake::handshake_loop(&shared, stop, faults)
             })?);
+            if self.shared.inside.stack().is_some() {
+                return Ok(());
+            }
             let shared = self.shared.clone();
             threads.tun = Some(Worker::spawn("wgpy-tun", move |stop, faults| {
                 tx::tun_loop(&shared, stop, faults)
@@ -336,6 +355,11 @@ impl Datapath {
             gro,
         };
         Ok((family, Arc::new(sock)))
+    }
+
+    /// How a userspace stack inside sends packets into the tunnel.
+    pub fn sender(&self) -> InsideSender {
+        InsideSender::new(self.shared.clone())
     }
 
     /// Helper threads sealing and opening large batches besides the I/O threads.
@@ -606,6 +630,7 @@ impl Drop for Datapath {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     /// A data plane on /dev/null as its "TUN device", with no threads.
     pub(crate) fn datapath() -> (Datapath, std::fs::File) {

@@ -109,6 +109,9 @@ fn receive(
     accepting.finish();
     // Nothing waits in the coalescer across batches: latency first.
     coalescer.flush(&mut |b: &[u8]| tun_write(shared, b));
+    if let Some(stack) = shared.inside.stack() {
+        stack.batch_done();
+    }
 }
 
 /// A transport message of the batch and what opening it gave.
@@ -345,10 +348,12 @@ fn tun_write(shared: &Shared, b: &[u8]) {
     }
 }
 
-/// Writes a packet to the TUN device: straight from the receive buffer
+/// Hands a packet to a userspace stack, or writes it to the TUN device: straight from the receive buffer
 /// without offloads, through the coalescer with them.
 fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
-    if shared.vnet_hdr {
+    if let Some(stack) = shared.inside.stack() {
+        stack.deliver(packet);
+    } else if shared.vnet_hdr {
         coalescer.push(packet, &mut |b: &[u8]| tun_write(shared, b));
     } else {
         tun_write(shared, packet);

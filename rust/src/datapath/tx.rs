@@ -179,7 +179,7 @@ fn tun_closed(shared: &Shared, error: &str) {
     });
 }
 
-fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
+pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
     let routes: Vec<Option<PeerId>> = {
         let table = read(&shared.allowed);
         bufs.iter()

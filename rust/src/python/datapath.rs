@@ -17,7 +17,7 @@ use super::private_key::PyPrivateKey;
 use super::public_key::PyPublicKey;
 
 #[pyclass(module = "wgpy._core", name = "Datapath", frozen)]
-pub(crate) struct PyDatapath(Arc<datapath::Datapath>);
+pub(crate) struct PyDatapath(pub(crate) Arc<datapath::Datapath>);
 
 fn event_tuple<'py>(py: Python<'py>, e: Event) -> PyResult<Bound<'py, PyTuple>> {
     match e {
@@ -34,6 +34,15 @@ impl PyDatapath {
     #[pyo3(signature = (tun_fd, mtu=1420, vnet_hdr=false, udp_offload=false))]
     fn new(tun_fd: i32, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> PyResult<Self> {
         let dp = datapath::Datapath::new(tun_fd, mtu, vnet_hdr, udp_offload).py_err()?;
+        Ok(Self(Arc::new(dp)))
+    }
+
+    /// A data plane whose inside is `stack` rather than a TUN device
+    /// (datapath/inside.rs); start the stack with it after this.
+    #[staticmethod]
+    #[pyo3(signature = (stack, mtu=1420))]
+    fn userspace(stack: &super::netstack::PyNetstack, mtu: usize) -> PyResult<Self> {
+        let dp = datapath::Datapath::with_stack(stack.0.sink(), mtu).py_err()?;
         Ok(Self(Arc::new(dp)))
     }
 

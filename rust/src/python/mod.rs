@@ -13,6 +13,7 @@ pub(crate) mod functions;
 pub(crate) mod handshake;
 pub(crate) mod initiation;
 pub(crate) mod manual_clock;
+pub(crate) mod netstack;
 pub(crate) mod peer_state;
 pub(crate) mod preshared_key;
 pub(crate) mod private_key;
