@@ -5,9 +5,12 @@
     wgpy down CONFIG|IFACE                 take it down again
     wgpy show [IFACE] [--json]             state of running interfaces
     wgpy demo [--json]                     a tunnel between two namespaces, measured
-    wgpy [-f/--foreground] [--no-handover] IFACE
+    wgpy registry --etcd URL NETWORK add-peer|remove-peer|list|import ...
+                                           the peer registry in etcd (wgpy registry -h)
+    wgpy [-f/--foreground] [--no-handover] [--registry etcd://HOST:PORT/NETWORK] IFACE
                                            the daemon, as `wireguard-go IFACE`;
-                                           --no-handover: ignore underlay changes
+                                           --no-handover: ignore underlay changes;
+                                           --registry: follow a peer registry
 
 Errors are one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -99,6 +102,12 @@ def demo(args: list[str]) -> int:
     return demo.main(args)
 
 
+def registry(args: list[str]) -> int:  # registry (issue 16)
+    from wgpy.registry import cli
+
+    return cli.main(args)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "genkey": genkey,
     "genpsk": genpsk,
@@ -107,6 +116,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "up": up,
     "down": down,
     "demo": demo,
+    "registry": registry,  # registry (issue 16)
 }
 
 

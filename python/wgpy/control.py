@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wgpy.registry import report as registry_report
+
 RUN_DIR = Path(os.environ.get("WGPY_RUN_DIR", "/var/run/wireguard"))
 
 
@@ -79,6 +81,7 @@ class PeerState:
     # Reported by wgpy only (extension keys of its UAPI replies).
     invalid_source_packets: int | None = None
     last_reannounce: float | None = None
+    from_registry: bool = False
 
 
 @dataclass
@@ -102,6 +105,8 @@ class DeviceState:
     handover: str | None = None
     last_underlay_change: float | None = None
     handover_events: list[HandoverEvent] = field(default_factory=list)
+    # Reported by wgpy only, with a registry (wgpy.registry.report).
+    registry: registry_report.RegistryStatus | None = None
 
 
 def _b64(hex_key: str) -> str:
@@ -143,6 +148,8 @@ def get_state(iface: str) -> DeviceState:
                 state.last_underlay_change = float(value)
             elif key == "wgpy_handover_event":
                 state.handover_events.append(_handover_event(value))
+            elif key.startswith(registry_report.PREFIX):
+                state.registry = registry_report.parse_line(state.registry, key, value)
         elif key == "preshared_key":
             peer.preshared_key = None if set(value) == {"0"} else _b64(value)
         elif key == "endpoint":
@@ -164,4 +171,6 @@ def get_state(iface: str) -> DeviceState:
             peer.invalid_source_packets = int(value)
         elif key == "wgpy_last_reannounce":
             peer.last_reannounce = float(value)
+        elif key == registry_report.PEER_KEY:
+            peer.from_registry = value == "true"
     return state

@@ -8,6 +8,8 @@
 - LOG_LEVEL=verbose|debug|error|silent sets verbosity.
 - `--no-handover` or WGPY_HANDOVER=0 turn off following underlay changes
   (wgpy.handover; on by default).
+- `--registry etcd://HOST:PORT/NETWORK` or WGPY_REGISTRY=URL follow a peer
+  registry in etcd (wgpy.registry; docs/registry.md).
 - Exits cleanly on SIGINT/SIGTERM, when the TUN interface is deleted and
   when the UAPI socket file is removed.
 """
@@ -32,6 +34,7 @@ from wgpy.tun import valid_interface_name
 log = logging.getLogger("wgpy")
 
 READY_FD_ENV = "WGPY_READY_FD"
+REGISTRY_ENV = "WGPY_REGISTRY"  # registry (issue 16): --registry, for the detached daemon too
 LOG_LEVELS = {
     "verbose": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -56,7 +59,8 @@ async def run_device(iface: str, ready: Callable[[str | None], None]) -> None:
     path = socket_path(iface)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            device = await stack.enter_async_context(Device(iface))
+            registry = os.environ.get(REGISTRY_ENV) or None  # registry (issue 16)
+            device = await stack.enter_async_context(Device(iface, registry=registry))
         except Exception as e:  # any setup failure is reported in one line
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             ready(f"cannot create interface {iface}: {reason}")
@@ -129,11 +133,28 @@ def launch_background(iface: str) -> int:
     return 1
 
 
+def _registry_error(url: str) -> str | None:  # registry (issue 16)
+    from wgpy.registry.config import RegistryConfigError, parse_registry_url
+
+    try:
+        parse_registry_url(url)
+    except RegistryConfigError as e:
+        return str(e)
+    return None
+
+
 def main(args: list[str]) -> int:
     foreground = os.environ.get("WG_PROCESS_FOREGROUND") == "1"
     names = []
-    for a in args:
-        if a in ("-f", "--foreground"):
+    arguments = iter(args)
+    for a in arguments:
+        if a == "--registry" or a.startswith("--registry="):  # registry (issue 16)
+            url = a.partition("=")[2] or next(arguments, "")
+            if (error := _registry_error(url)) is not None:
+                print(f"wgpy: --registry: {error}", file=sys.stderr)
+                return 1
+            os.environ[REGISTRY_ENV] = url
+        elif a in ("-f", "--foreground"):
             foreground = True
         elif a == "--no-handover":
             # Through the environment, so the detached daemon sees it too.
@@ -144,7 +165,10 @@ def main(args: list[str]) -> int:
         else:
             names.append(a)
     if len(names) != 1:
-        print("Usage: wgpy [-f/--foreground] [--no-handover] INTERFACE-NAME", file=sys.stderr)
+        print(
+            "Usage: wgpy [-f/--foreground] [--no-handover] [--registry URL] INTERFACE-NAME",
+            file=sys.stderr,
+        )
         return 1
     iface = names[0]
     if not valid_interface_name(iface):

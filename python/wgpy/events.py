@@ -28,6 +28,11 @@ EventKind = Literal[
     "underlay_changed",
     "path_lost",
     "reannounced",
+    # Registry (wgpy.registry): the etcd session started or was lost; an
+    # entry was refused (detail: the entry's name and the reason).
+    "registry_connected",
+    "registry_disconnected",
+    "registry_refused",
 ]
 
 

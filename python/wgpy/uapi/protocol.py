@@ -46,6 +46,9 @@ from wgpy._core import PresharedKey, PrivateKey, PublicKey
 from wgpy.changes import AllowedIPOp, ChangeError, DeviceChange, PeerChange, invalid
 from wgpy.handover import HandoverReport
 from wgpy.peer import PeerStats
+from wgpy.registry.report import PEER_KEY as REGISTRY_PEER_KEY
+from wgpy.registry.report import RegistryReport
+from wgpy.registry.report import get_lines as registry_lines
 
 log = logging.getLogger("wgpy.uapi")
 
@@ -263,6 +266,8 @@ class DeviceView(Protocol):
 
     def handover_report(self) -> HandoverReport | None: ...
 
+    def registry_report(self) -> RegistryReport | None: ...
+
     def uapi_stats(self) -> Sequence[tuple[PeerView, PeerStats, list[tuple[str, int]]]]: ...
 
 
@@ -278,6 +283,9 @@ def format_get(device: DeviceView) -> bytes:
     report = device.handover_report()
     lines.extend(_handover_lines(report))
     reannounced = report.last_reannounce if report is not None else {}
+    registry = device.registry_report()
+    lines.extend(registry_lines(registry))  # wgpy.registry.report lists the keys
+    owned = registry.owned if registry is not None else frozenset()
     for peer, stats, prefixes in device.uapi_stats():
         psk = peer.preshared_key
         psk_hex = psk.to_bytes().hex() if psk is not None else _ZERO_KEY_HEX
@@ -297,6 +305,8 @@ def format_get(device: DeviceView) -> bytes:
         lines.append(f"{INVALID_SOURCE_KEY}={stats.invalid_source_packets}")
         if peer.public_key in reannounced:
             lines.append(f"{LAST_REANNOUNCE_KEY}={reannounced[peer.public_key]:.3f}")
+        if peer.public_key in owned:
+            lines.append(f"{REGISTRY_PEER_KEY}=true")
         prefixes.sort(key=_prefix_order)
         lines.extend([f"allowed_ip={address}/{cidr}" for address, cidr in prefixes])
     lines.append("errno=0")

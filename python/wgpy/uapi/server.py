@@ -9,8 +9,8 @@ the I/O, applies set requests through wgpy.changes and serializes them.
   replaced; an accepted one means the interface is in use. The socket is
   removed when serving stops; the daemon exits when it is deleted
   (`wait_socket_removed`: inotify, else polling).
-- Requests on all connections are serialized by one lock: a get never sees
-  half a set.
+- Requests on all connections are serialized by the device's configuration
+  lock (also taken by the registry sync): a get never sees half a set.
 - Set requests over 1 MiB are parsed in a worker thread, so the device's own
   tasks keep running meanwhile.
 """
@@ -203,7 +203,7 @@ async def serve_uapi(
     sock = listener if listener is not None else open_uapi_socket(path)
     identity = _file_identity(path)
     listening = trio.socket.from_stdlib_socket(sock)
-    lock = trio.Lock()
+    lock = device.config_lock  # shared with the device's other configuration sources
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(path)
