@@ -103,8 +103,6 @@ class RegistryAdmin:
         old = await reads.get(key)
         old_prefixes = _prefixes_of(key, old)
         value = entry.to_json().encode()
-        if old is not None and old.value == value:
-            return "unchanged"
         compare = [mod_revision_is(key.encode(), old.mod_revision) if old else absent(key.encode())]
         success = [put(key.encode(), value)]
         for prefix in entry.allowed_ips:
@@ -119,6 +117,8 @@ class RegistryAdmin:
                 holder = claim.value.decode(errors="replace")[:60]
                 raise AdminError(f"allowed IP {prefix_text(prefix)} belongs to peer {holder}")
         success += await self._release(old_prefixes - set(entry.allowed_ips), owner, reads, compare)
+        if old is not None and old.value == value and len(success) == 1:
+            return "unchanged"  # the same entry, every claim already its own
         if len(compare) > MAX_TXN_OPS:
             raise AdminError(
                 f"too many allowed IPs for one transaction (at most {MAX_TXN_OPS // 2})"

@@ -173,15 +173,15 @@ class EtcdClient:
             response = await self.http.post(
                 path, json=body, headers=self._headers(), timeout=timeout or REQUEST_TIMEOUT
             )
-            data = response.json()
         except httpx.TimeoutException:
             raise EtcdUnavailable(f"{self.endpoint}: no answer within the timeout") from None
         except httpx.HTTPError as e:
             raise EtcdUnavailable(f"{self.endpoint}: {_reason(e)}") from None
-        except ValueError:
-            raise EtcdUnavailable(f"{self.endpoint}: reply is not JSON") from None
-        if not isinstance(data, dict):
-            raise EtcdUnavailable(f"{self.endpoint}: unexpected reply")
+        data = _json_or_empty(response.text)
+        if not data:  # not etcd's JSON: say what came instead
+            text = " ".join(response.text.split())[:200]
+            error = EtcdUnavailable if response.status_code >= 500 else EtcdRequestError
+            raise error(f"{self.endpoint}: HTTP {response.status_code}: {text}")
         if "error" in data or response.status_code != 200:
             raise _error(data, response.status_code)
         return data
@@ -273,6 +273,14 @@ class EtcdClient:
             raise EtcdUnavailable(f"{self.endpoint}: watch: {_reason(e)}") from None
 
     async def _batches(self, lines: AsyncIterator[str]) -> AsyncGenerator[WatchBatch, None]:
+        try:
+            async for batch in self._parse(lines):
+                yield batch
+        except httpx.HTTPError as e:  # read in whichever task iterates
+            raise EtcdUnavailable(f"{self.endpoint}: watch: {_reason(e)}") from None
+        raise EtcdUnavailable(f"{self.endpoint}: watch stream ended")
+
+    async def _parse(self, lines: AsyncIterator[str]) -> AsyncGenerator[WatchBatch, None]:
         async for line in lines:
             if not line.strip():
                 continue
@@ -290,7 +298,6 @@ class EtcdClient:
                 for e in result.get("events", [])
             ]
             yield WatchBatch(_revision(result), events)
-        raise EtcdUnavailable(f"{self.endpoint}: watch stream ended")
 
 
 def _json_or_empty(text: str) -> JSON:
@@ -302,11 +309,16 @@ def _json_or_empty(text: str) -> JSON:
 
 
 def _reason(e: httpx.HTTPError) -> str:
-    """One line for a transport error (connection refused, reset, TLS...)."""
+    """One line for a transport error (connection refused, reset, TLS...):
+    the innermost cause that says something."""
+    text = type(e).__name__
     cause: BaseException | None = e
-    while cause is not None and cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = str(cause or e) or type(e).__name__
+    for _ in range(10):  # causes chain a few levels deep (httpx, httpcore, ssl)
+        if cause is None:
+            break
+        if str(cause).strip():
+            text = str(cause)
+        cause = cause.__cause__ or cause.__context__
     return " ".join(text.split())[:200]
 
 

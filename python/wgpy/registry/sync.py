@@ -94,10 +94,10 @@ class RegistrySync:
                 async with EtcdClient(endpoints[attempt % len(endpoints)], self.config.target) as c:
                     await self._session(c)
             except* (EtcdError, RegistryConfigError) as group:
-                self._disconnected(str(group.exceptions[0]))
+                self._disconnected(str(_first(group)))
             except* Exception as group:  # a bug: reported, and retried like an outage
-                log.error("%s: registry sync failed", self.url, exc_info=group.exceptions[0])
-                self._disconnected(f"internal error: {group.exceptions[0]!r}")
+                log.error("%s: registry sync failed", self.url, exc_info=_first(group))
+                self._disconnected(f"internal error: {_first(group)!r}")
             attempt += 1
             failures = 0 if self._session_connected else failures + 1
             await trio.sleep(min(MIN_BACKOFF * 2**failures, MAX_BACKOFF))
@@ -118,15 +118,17 @@ class RegistrySync:
     async def _follow(self, client: EtcdClient) -> None:
         while True:
             resumed = self._revision is not None
-            if self._revision is None:
-                await self._reload(client)
-            assert self._revision is not None
             try:
+                if self._revision is None:
+                    await self._reload(client)
+                else:  # still there? Otherwise the watch would be cancelled at once
+                    await client.range(self._view.prefix, revision=self._revision, count_only=True)
+                assert self._revision is not None
                 async with client.watch(self._view.prefix, self._revision + 1) as batches:
                     self._connected(client.endpoint, resumed)
                     await self._consume(batches)
-            except EtcdCompacted as e:
-                log.warning("%s: %s: loading a new snapshot", self.url, e)
+            except* EtcdCompacted as group:
+                log.warning("%s: %s: loading a new snapshot", self.url, _first(group))
                 self._revision = None
 
     async def _reload(self, client: EtcdClient) -> None:
@@ -217,3 +219,11 @@ class RegistrySync:
             self._since = time.time()
         self._state = state
         self._error = error
+
+
+def _first(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first exception in a (nested) group: the cause worth one log line."""
+    first: Exception | BaseExceptionGroup[Exception] = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
