@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +39,11 @@ def program(impl: str) -> str:
     }[impl]
 
 
-def daemon_argv(impl: str, iface: str) -> list[str]:
-    """The foreground daemon of `impl` for interface `iface`."""
+def daemon_argv(impl: str, iface: str, options: Sequence[str] = ()) -> list[str]:
+    """The foreground daemon of `impl` for interface `iface`; `options`
+    (wgpy's, such as --registry URL) go before the interface name."""
     if impl == WGPY:
-        return [sys.executable, "-m", "wgpy", "-f", iface]
+        return [sys.executable, "-m", "wgpy", "-f", *options, iface]
     if impl == BORINGTUN:
         # Root would otherwise make it drop to nobody, and lose its UAPI socket.
         return [program(impl), "-f", "--disable-drop-privileges", iface]
@@ -158,14 +159,18 @@ def start_node(
     private_key: wgpy.PrivateKey | None = None,
     log_level: str = "debug",
     env: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Node:
     """Starts a WireGuard interface of `impl` in `ns`, keyed, listening and up.
 
     `log_level` is passed as LOG_LEVEL (both implementations read it); tests
     want debug output in failure reports, benchmarks want no logging cost.
-    `env` adds environment variables for the daemon."""
+    `env` adds environment variables for the daemon; `options` are daemon
+    options (wgpy only)."""
     iface = lab.interface_name(ns, prefix="wgp" if impl == WGPY else "wgg")
-    process = ns.spawn(daemon_argv(impl, iface), env={"LOG_LEVEL": log_level, **(env or {})})
+    process = ns.spawn(
+        daemon_argv(impl, iface, options), env={"LOG_LEVEL": log_level, **(env or {})}
+    )
     sock = Path("/var/run/wireguard") / f"{iface}.sock"
 
     def ready() -> bool:

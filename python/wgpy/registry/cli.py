@@ -3,7 +3,7 @@
     wgpy registry --etcd URL [TLS/auth options] NETWORK COMMAND
       add-peer PUBKEY --allowed-ips CIDR[,CIDR] [--endpoint IP:PORT]
                [--persistent-keepalive N] [--preshared-key-ref NAME]
-      remove-peer PUBKEY
+      remove-peer PUBKEY [PUBKEY...]
       list [--json]
       import FILE|-      (a JSON array, as `list --json` prints it)
 
@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--endpoint", help="IP:PORT or [IPv6]:PORT")
     add.add_argument("--persistent-keepalive", type=int, default=0, metavar="SECONDS")
     add.add_argument("--preshared-key-ref", help="name of a preshared key file on the gateways")
-    remove = commands.add_parser("remove-peer", help="remove a peer")
-    remove.add_argument("public_key")
+    remove = commands.add_parser("remove-peer", help="remove peers")
+    remove.add_argument("public_keys", nargs="+", metavar="PUBKEY")
     listing = commands.add_parser("list", help="the network's peers")
     listing.add_argument("--json", action="store_true")
     bulk = commands.add_parser("import", help="add or replace many peers (JSON array)")
@@ -122,8 +122,9 @@ async def _run(args: argparse.Namespace, admin: RegistryAdmin) -> int:
         outcome = await admin.put_peer(_entry(args))
         print(f"{outcome} peer {args.public_key} in {args.network}")
     elif args.command == "remove-peer":
-        await admin.remove_peer(_public_key(args.public_key))
-        print(f"removed peer {args.public_key} from {args.network}")
+        for text in args.public_keys:
+            await admin.remove_peer(_public_key(text))
+            print(f"removed peer {text} from {args.network}")
     elif args.command == "list":
         listing = await admin.listing()
         if args.json:
