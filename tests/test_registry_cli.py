@@ -198,3 +198,15 @@ def test_tls_and_user_authentication(tmp_path: Path) -> None:
         trio.run(main)
     finally:
         etcd.cleanup()
+
+
+def test_daemon_refuses_a_bad_registry_url() -> None:
+    """Checked before the daemon starts: one line, exit 1, nothing created."""
+    for url, message in [("etcd://h", "names no network"), ("redis://h/n", "not an etcd URL")]:
+        r = subprocess.run(
+            [sys.executable, "-m", "wgpy", "--registry", url, "wgtestnone"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert message in one_line_error(r)
