@@ -7,12 +7,13 @@ writes them (wgpy.registry.admin, in this process, inside the hub
 namespace: one transaction per peer, 16 at a time, so the time of the last
 commit is known without a command's start-up), then one more single peer
 (the latency of one write with that many peers in the registry). Each
-gateway logs every batch it applies with the etcd revision and the time (`revision R applied ... (at T)`); a gateway has applied the write
-at the first batch whose revision reaches the store's revision after the
-write. Figures: the write's duration, and the time from the end of the
-write (and from its start) to the last gateway applying it, and the same
-for the single write after it; medians over
---runs runs (each run adds new peers on top of the previous ones).
+gateway logs every batch it applies with the etcd revision and the time
+(`revision R applied ... (at T)`); a gateway has applied the write at the
+first batch whose revision reaches the store's revision after the write.
+Figures: the write's duration, the time from the end of the write (and
+from its start) to the last gateway applying it, and the same for the
+single write after it; medians over --runs runs (each run adds new peers
+on top of the previous ones).
 
 Exit status: 0 measured, 2 missing precondition.
 """

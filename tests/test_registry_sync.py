@@ -105,10 +105,12 @@ def test_snapshot_then_watch(etcd: EtcdServer) -> None:
     run(etcd, body)
 
 
-def test_local_peers_are_left_alone(etcd: EtcdServer) -> None:
+def test_local_peers_are_left_alone(etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A locally configured peer: its key or its allowed IP in the registry
     is refused; removing that entry leaves the local peer; the registry
-    never removes what it did not create."""
+    never removes what it did not create, and re-creates its own peer when
+    it is removed locally."""
+    monkeypatch.setattr(sync_module, "RECHECK_INTERVAL", 0.5)
     device = RegistryFakeDevice()
     local, other, ok = new_key(), new_key(), new_key()
 
@@ -127,6 +129,10 @@ def test_local_peers_are_left_alone(etcd: EtcdServer) -> None:
         assert "local peer has this public key" in reasons[key_name(local)]
         assert "10.9.9.9/32 belongs to a local peer" in reasons[key_name(other)]
         assert local not in sync.report().owned
+        removal = DeviceChange(peers=[PeerChange(ok, remove=True)])  # as `wg set ... remove`
+        async with device.config_lock:
+            await changes.apply(device, removal)
+        await until(lambda: ok in device.peers_by_key, timeout=5, what="registry peer re-created")
         await admin.remove_peer(local)
         await admin.remove_peer(ok)
         await until(lambda: ok not in device.peers_by_key, timeout=5, what="registry peer removed")

@@ -4,10 +4,10 @@
   only those. A peer configured locally (UAPI `set`, `wgpy up`, the
   embedding API) is never changed or removed by the registry; a registry
   entry with the key of a local peer, or an allowed IP a local peer has,
-  is refused on this gateway while that is so (checked again every
-  RECHECK_INTERVAL seconds). A registry peer removed locally (`wg set ...
-  remove`) stops being the registry's; it comes back when its entry
-  changes or the gateway reloads the registry.
+  is refused on this gateway while that is so. A registry peer removed
+  locally (`wg set ... remove`, `wg setconf`) is created again: the
+  registry is the source of truth for its own peers. Both are looked at
+  again after RECHECK_INTERVAL seconds without registry changes.
 - Every batch of decisions becomes one `DeviceChange` applied by
   `wgpy.changes.apply` (all or nothing, like a UAPI set), under the
   device's configuration lock: removals first, then creations and updates.
@@ -35,7 +35,7 @@ from wgpy._core import PresharedKey, PublicKey
 from wgpy.changes import AllowedIPOp, DeviceChange, PeerChange
 from wgpy.config import ConfigError, read_key_file
 from wgpy.events import DeviceEvent
-from wgpy.registry.layout import PeerEntry, Prefix, key_from_name, prefix_text
+from wgpy.registry.layout import PeerEntry, Prefix, key_from_name, key_name, prefix_text
 from wgpy.registry.view import RegistryView
 
 if TYPE_CHECKING:
@@ -83,8 +83,15 @@ class Gateway:
         self.recent: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
 
     def recheck(self) -> set[str]:
-        """Names refused for local reasons: worth deciding again later."""
-        return set(self._local_refusals)
+        """Names worth deciding again when the registry is quiet: those
+        refused for local reasons, and registry peers removed locally."""
+        names = set(self._local_refusals)
+        for key in self.applied:
+            try:
+                self._device.peer(key)
+            except KeyError:
+                names.add(key_name(key))
+        return names
 
     def plan(self, view: RegistryView, names: Iterable[str]) -> tuple[DeviceChange, Outcome]:
         """The change that brings `names` in line with `view`. Call under the
