@@ -57,6 +57,7 @@ class FakeDevice:
     peers_by_key: dict[PublicKey, FakePeer] = field(default_factory=dict)
     owner: dict[IPNetwork, PublicKey] = field(default_factory=dict)
     last_handshake: float | None = None
+    config_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def public_key(self) -> PublicKey | None:
@@ -161,6 +162,9 @@ class FakeDevice:
 
     def uapi_counters(self) -> list[tuple[str, int]]:
         return []  # no wgpy_stat_* keys in the reply
+
+    def registry_report(self) -> None:
+        return None  # no registry: no wgpy_registry keys in the reply
 
     def snapshot(self) -> object:
         return (

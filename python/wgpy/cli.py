@@ -198,6 +198,12 @@ def _add_daemon(commands: argparse._SubParsersAction[Parser]) -> None:
         help="serve Prometheus metrics over HTTP at HOST:PORT (/metrics)",
     )
     p.add_argument(
+        "--registry",
+        metavar="URL",
+        help="follow the peers of a registry in etcd: etcd[s]://[USER@]HOST:PORT[,...]/NETWORK"
+        "[?OPTIONS] (docs/registry.md); also WGPY_REGISTRY",
+    )
+    p.add_argument(
         "--log-file",
         metavar="FILE",
         help="append the log to FILE (default: stderr in the foreground, syslog when detached)",
@@ -229,17 +235,23 @@ def _add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     p = commands.add_parser("down", help="take a tunnel down, as wg-quick(8) down")
     p.add_argument("config", metavar="CONFIG|IFACE", help="a .conf file or an interface name")
     p.set_defaults(run=down)
-    _add_rootless(commands)
+    _add_modules(commands)
     p = commands.add_parser("demo", help="a measured tunnel between two namespaces")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(run=demo)
 
 
-def _add_rootless(commands: argparse._SubParsersAction[Parser]) -> None:
+def _add_modules(commands: argparse._SubParsersAction[Parser]) -> None:
+    """Commands whose module defines its own arguments."""
     from wgpy import forward, proxy
+    from wgpy.registry import cli as registry
 
-    for name, module in (("proxy", proxy), ("forward", forward)):
-        p = commands.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+    for name, module, text in (
+        ("proxy", proxy, "SOCKS5 and HTTP proxies into a tunnel, without root or TUN"),
+        ("forward", forward, "port forwards through a tunnel, without root or TUN"),
+        ("registry", registry, "write and read a network's peers in etcd"),
+    ):
+        p = commands.add_parser(name, help=text, description=module.DESCRIPTION)
         module.add_arguments(p)
         p.set_defaults(run=module.run_command)
 

@@ -21,6 +21,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wgpy.registry import report as registry_report
+
 RUN_DIR = Path(os.environ.get("WGPY_RUN_DIR", "/var/run/wireguard"))
 
 
@@ -109,6 +111,7 @@ class PeerState:
     endpoint_addresses: list[str] = field(default_factory=list)
     endpoint_resolved: float | None = None
     endpoint_error: str | None = None
+    from_registry: bool = False
 
 
 @dataclass
@@ -134,6 +137,8 @@ class DeviceState:
     handover_events: list[HandoverEvent] = field(default_factory=list)
     # Reported by wgpy only: the device's counters (`wgpy_stat_<name>` keys).
     stats: dict[str, int] = field(default_factory=dict)
+    # Reported by wgpy only, with a registry (wgpy.registry.report).
+    registry: registry_report.RegistryStatus | None = None
 
 
 def _b64(hex_key: str) -> str:
@@ -203,6 +208,8 @@ def _device_key(state: DeviceState, key: str, value: str) -> None:
         state.handover_events.append(_handover_event(value))
     elif key.startswith("wgpy_stat_") and value.isdigit():
         state.stats[key.removeprefix("wgpy_stat_")] = int(value)
+    elif key.startswith(registry_report.PREFIX):
+        state.registry = registry_report.parse_line(state.registry, key, value)
 
 
 def _peer_key(peer: PeerState, key: str, value: str) -> None:
@@ -220,5 +227,7 @@ def _peer_key(peer: PeerState, key: str, value: str) -> None:
         peer.invalid_source_packets = int(value)
     elif key == "wgpy_last_reannounce":
         peer.last_reannounce = float(value)
+    elif key == registry_report.PEER_KEY:
+        peer.from_registry = value == "true"
     elif key.startswith("wgpy_endpoint_"):
         _endpoint_name_line(peer, key, value)

@@ -17,6 +17,9 @@
 - `--metrics HOST:PORT` serves Prometheus metrics (wgpy.metrics), read
   from the same UAPI reply `wg` gets.
 - `--no-handover` or WGPY_HANDOVER=0 turn off following underlay changes.
+- `--registry etcd://HOST:PORT/NETWORK` or WGPY_REGISTRY=URL follow a peer
+  registry in etcd (wgpy.registry; docs/registry.md); a bad URL is a setup
+  error.
 - Exits cleanly on SIGINT/SIGTERM, when the TUN interface is deleted and
   when the UAPI socket file is removed.
 """
@@ -45,6 +48,7 @@ from wgpy.tun import valid_interface_name
 log = logging.getLogger("wgpy")
 
 READY_FD_ENV = "WGPY_READY_FD"
+REGISTRY_ENV = "WGPY_REGISTRY"
 
 
 class SetupError(Exception):
@@ -62,6 +66,7 @@ class Options:
     listen_port: int | None = None
     metrics: tuple[str, int] | None = None
     log_file: str | None = None
+    registry: str | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> Options:
@@ -73,6 +78,7 @@ class Options:
             listen_port=ns.listen_port,
             metrics=ns.metrics,
             log_file=ns.log_file,
+            registry=ns.registry or os.environ.get(REGISTRY_ENV) or None,
         )
 
     def argv(self) -> list[str]:
@@ -89,6 +95,8 @@ class Options:
             args += ["--metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         if self.log_file is not None:
             args += ["--log-file", os.path.abspath(self.log_file)]
+        if self.registry is not None:
+            args += ["--registry", self.registry]
         return [*args, self.interface]
 
 
@@ -111,6 +119,18 @@ def _check_privileges(options: Options) -> None:
         raise SetupError(f"--user: no such user {options.user!r}") from None
     if os.geteuid() != 0:
         raise SetupError("--user needs root (to switch to another user)")
+
+
+def _check_registry(options: Options) -> None:
+    """Raises SetupError for a registry URL that cannot be used."""
+    if options.registry is None:
+        return
+    from wgpy.registry.config import RegistryConfigError, parse_registry_url
+
+    try:
+        parse_registry_url(options.registry)
+    except RegistryConfigError as e:
+        raise SetupError(f"--registry: {e}") from None
 
 
 def _drops(options: Options) -> bool:
@@ -190,6 +210,7 @@ async def _serve(
         listen_port=options.listen_port or 0,
         handover=False if options.no_handover else None,
         before_start=hook,
+        registry=options.registry,
     )
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -199,12 +220,11 @@ async def _serve(
         except Exception as e:  # any setup failure is reported in one line
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SetupError(f"cannot create interface {iface}: {reason}") from None
-        lock = trio.Lock()
         async with trio.open_nursery() as nursery:
-            serve = functools.partial(serve_uapi, listener=uapi, lock=lock)
+            serve = functools.partial(serve_uapi, listener=uapi)
             await nursery.start(serve, device, socket_path(iface))
             if metrics is not None:
-                await nursery.start(_serve_metrics, device, metrics, lock)
+                await nursery.start(_serve_metrics, device, metrics)
             ready(None)
             _stop_on_events(nursery, device, iface)
 
@@ -212,7 +232,6 @@ async def _serve(
 async def _serve_metrics(
     device: Device,
     listener: socket.socket,
-    lock: trio.Lock,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -220,7 +239,7 @@ async def _serve_metrics(
     from wgpy.uapi.protocol import format_get
 
     async def snapshot() -> list[DeviceState]:
-        async with lock:  # never half a set, as for a UAPI get
+        async with device.config_lock:  # never half a set, as for a UAPI get
             reply = format_get(device)
         return [parse_get(device.name, reply.decode())]
 
@@ -348,6 +367,7 @@ def main(options: Options) -> int:
         if not valid_interface_name(iface):
             raise SetupError(f"invalid interface name {iface!r}")
         _check_privileges(options)
+        _check_registry(options)
         if not (options.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"):
             return launch_background(options)
         _start_logging(options, launcher)

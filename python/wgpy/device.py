@@ -7,12 +7,15 @@ plane, configured and timed from Trio.
   and their keys; the names behind endpoints are wgpy.names') and runs, in
   one nursery while the device is open: the data plane's event loop, one
   task per peer (its timers, in the peer's own cancel scope), the MTU
-  follower (wgpy.link), the resolver of endpoint names (wgpy.names) and the
-  underlay watcher (wgpy.handover).
+  follower (wgpy.link), the resolver of endpoint names (wgpy.names), the
+  underlay watcher (wgpy.handover) and, given a registry, the etcd sync
+  (wgpy.registry).
 - An endpoint given as an address is set as `wg set` sets it (and forgets
   any names); one given as a name, or several candidates, is resolved and
   kept current by wgpy.names, which moves the endpoint through
   `_switch_endpoint`; handover then re-announces from the new path.
+- Configuration changes from every source (UAPI, registry) take
+  `config_lock`, so none sees another half-applied.
 - The event loop only routes the data plane's notifications: a peer's
   ("re-read me") to that peer's task, the device's (TUN closed, socket
   errors, notices) to the log and the subscribers. It yields to Trio after
@@ -39,6 +42,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -51,6 +55,11 @@ from wgpy.peer import Endpoint, IPNetwork, Peer, PeerStats
 from wgpy.tasks import background_tasks
 from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
 
+if TYPE_CHECKING:
+    from wgpy.registry.config import RegistryConfig
+    from wgpy.registry.report import RegistryReport
+    from wgpy.registry.sync import RegistrySync
+
 log = logging.getLogger("wgpy")
 
 # Data-plane events handled before yielding to Trio.
@@ -59,6 +68,14 @@ EVENT_BATCH = 64
 
 class DeviceError(Exception):
     """The device could not be set up or was used wrongly."""
+
+
+def _registry_config(registry: str | RegistryConfig | None) -> RegistryConfig | None:
+    if not isinstance(registry, str):
+        return registry
+    from wgpy.registry.config import parse_registry_url
+
+    return parse_registry_url(registry)
 
 
 def _network(value: str | IPNetwork) -> IPNetwork:
@@ -101,12 +118,19 @@ class Device:
         mtu: int = DEFAULT_MTU,
         handover: bool | None = None,
         before_start: Callable[[], None] | None = None,
+        registry: str | RegistryConfig | None = None,
     ) -> None:
         """`handover`: follow underlay changes (wgpy.handover); None means on
-        unless WGPY_HANDOVER=0. `before_start`: see the module's rules."""
+        unless WGPY_HANDOVER=0. `before_start`: see the module's rules.
+        `registry`: an etcd://HOST:PORT/NETWORK URL (or a parsed one) whose
+        peers this device follows (wgpy.registry; raises RegistryConfigError
+        for a bad URL)."""
         self.name = name
         self._before_start = before_start
         self._handshakes_failed = 0
+        self._registry_config = _registry_config(registry)
+        self._registry: RegistrySync | None = None
+        self.config_lock = trio.Lock()
         self._handover_enabled = enabled_by_default() if handover is None else handover
         self._handover: Handover | None = None
         self._names = Names(
@@ -162,6 +186,7 @@ class Device:
                 await self._follow_inside(nursery)
                 await nursery.start(self._names.run)
                 await self._start_handover(nursery)
+                await self._start_registry(nursery)
                 try:
                     yield
                 finally:
@@ -262,6 +287,18 @@ class Device:
         if self._handover is None:
             return HandoverReport(enabled=False, last_underlay_change=None, events=[])
         return self._handover.report()
+
+    async def _start_registry(self, nursery: trio.Nursery) -> None:
+        if self._registry_config is None:
+            return
+        from wgpy.registry.sync import RegistrySync  # imports the HTTP client
+
+        self._registry = RegistrySync(self._registry_config, self, self._subscribers.emit)
+        await nursery.start(self._registry.run)
+
+    def registry_report(self) -> RegistryReport | None:
+        """The registry sync's status (for `wgpy show`); None without a registry."""
+        return self._registry.report() if self._registry is not None else None
 
     def close(self) -> None:
         """Asks the device to shut down (its ``async with`` block still exits normally)."""
@@ -600,6 +637,10 @@ class Device:
         if self._handover is not None:
             counters += sorted(self._handover.counts.items())
         return counters
+
+    def allowed_ip_prefixes(self, public_key: PublicKey) -> list[tuple[str, int]]:
+        """A peer's allowed IPs as (address text, prefix length) pairs."""
+        return self.datapath.allowed_ips(self._peers[public_key].id)
 
     def uapi_stats(self) -> list[tuple[Peer, PeerStats, list[tuple[str, int]]]]:
         """Per peer: the peer, its PeerStats with `allowed_ips` left empty, and

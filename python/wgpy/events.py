@@ -45,6 +45,11 @@ EventKind = Literal[
     # the last addresses stay in use).
     "endpoint_switched",
     "endpoint_resolution_failed",
+    # Registry (wgpy.registry): the etcd session started or was lost; an
+    # entry was refused (detail: the entry's name and the reason).
+    "registry_connected",
+    "registry_disconnected",
+    "registry_refused",
 ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 from wgpy._core import PrivateKey
 from wgpy.control import DeviceState, PeerState
+from wgpy.registry.report import RegistryStatus
 
 
 def _ago(t: float, now: float) -> str:
@@ -72,6 +73,23 @@ def _peer_text(p: PeerState, now: float) -> list[str]:
         lines.append(f"  persistent keepalive: every {p.persistent_keepalive} seconds")
     if p.last_reannounce:
         lines.append(f"  re-announced: {_ago(p.last_reannounce, now)}")
+    if p.from_registry:
+        lines.append("  from: registry")
+    return lines
+
+
+def _registry_text(r: RegistryStatus, now: float) -> list[str]:
+    """One line, and one per recent refusal: an outage must be plain to see."""
+    counts = f"revision {r.revision}, {r.peers} peers, {r.refused} refused"
+    if r.state == "connected":
+        line = f"  registry: {r.url} connected ({counts})"
+    else:
+        since = f" since {_ago(r.since, now)}" if r.since else ""
+        line = f"  registry: {r.url} {r.state.upper()}{since}: {r.error or 'no answer yet'}"
+        line += f" ({counts}; the peers applied keep forwarding)"
+    lines = [line]
+    for refusal in r.refusals[-5:]:
+        lines.append(f"  registry refused {refusal['entry']}: {refusal['reason']}")
     return lines
 
 
@@ -89,6 +107,8 @@ def as_text(state: DeviceState) -> str:
         change = state.last_underlay_change
         since = f" (underlay changed {_ago(change, now)})" if change else ""
         lines.append(f"  handover: {state.handover}{since}")
+    if state.registry is not None:
+        lines += _registry_text(state.registry, now)
     for p in sorted(state.peers, key=lambda p: p.last_handshake or 0, reverse=True):
         lines.append("")
         lines += _peer_text(p, now)

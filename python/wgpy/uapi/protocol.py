@@ -50,6 +50,9 @@ from wgpy.changes import AllowedIPOp, ChangeError, DeviceChange, PeerChange, inv
 from wgpy.handover import HandoverReport
 from wgpy.names import NamedEndpoint, parse_candidate
 from wgpy.peer import PeerStats
+from wgpy.registry.report import PEER_KEY as REGISTRY_PEER_KEY
+from wgpy.registry.report import RegistryReport
+from wgpy.registry.report import get_lines as registry_lines
 
 log = logging.getLogger("wgpy.uapi")
 
@@ -303,6 +306,8 @@ class DeviceView(Protocol):
 
     def uapi_counters(self) -> Sequence[tuple[str, int]]: ...
 
+    def registry_report(self) -> RegistryReport | None: ...
+
     def uapi_stats(self) -> Sequence[tuple[PeerView, PeerStats, list[tuple[str, int]]]]: ...
 
 
@@ -319,6 +324,9 @@ def format_get(device: DeviceView) -> bytes:
     lines.extend(_handover_lines(report))
     lines.extend(f"{STAT_KEY_PREFIX}{name}={value}" for name, value in device.uapi_counters())
     reannounced = report.last_reannounce if report is not None else {}
+    registry = device.registry_report()
+    lines.extend(registry_lines(registry))  # wgpy.registry.report lists the keys
+    owned = registry.owned if registry is not None else frozenset()
     for peer, stats, prefixes in device.uapi_stats():
         psk = peer.preshared_key
         psk_hex = psk.to_bytes().hex() if psk is not None else _ZERO_KEY_HEX
@@ -338,6 +346,8 @@ def format_get(device: DeviceView) -> bytes:
         lines.append(f"{INVALID_SOURCE_KEY}={stats.invalid_source_packets}")
         if peer.public_key in reannounced:
             lines.append(f"{LAST_REANNOUNCE_KEY}={reannounced[peer.public_key]:.3f}")
+        if peer.public_key in owned:
+            lines.append(f"{REGISTRY_PEER_KEY}=true")
         lines.extend(_names_lines(device.endpoint_names(peer.public_key)))
         prefixes.sort(key=_prefix_order)
         lines.extend([f"allowed_ip={address}/{cidr}" for address, cidr in prefixes])

@@ -14,8 +14,8 @@ the I/O, applies set requests through wgpy.changes and serializes them.
   write the directory cannot, and says so; wg(8) removes such a stale
   socket); the daemon exits when it is deleted (`wait_socket_removed`:
   inotify, else polling).
-- Requests on all connections are serialized by one lock: a get never sees
-  half a set.
+- Requests on all connections are serialized by the device's configuration
+  lock (also taken by the registry sync): a get never sees half a set.
 - Set requests over 1 MiB are parsed in a worker thread, so the device's own
   tasks keep running meanwhile.
 """
@@ -227,23 +227,21 @@ async def serve_uapi(
     path: str | os.PathLike[str],
     *,
     listener: socket.socket | None = None,
-    lock: trio.Lock | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serves the UAPI for `device` at `path` until cancelled.
 
     `task_status.started(path)` is called once the socket accepts
     connections. `listener` is an already listening socket for `path` (from
-    `open_uapi_socket`, e.g. opened before dropping privileges). `lock`
-    serializes requests (and whatever else shares it, such as the metrics).
-    On exit the socket file is removed, unless it has been replaced by
-    another one meanwhile.
+    `open_uapi_socket`, e.g. opened before dropping privileges). Requests
+    are serialized by `device.config_lock`. On exit the socket file is
+    removed, unless it has been replaced by another one meanwhile.
     """
     path = Path(path)
     sock = listener if listener is not None else open_uapi_socket(path)
     identity = _file_identity(path)
     listening = trio.socket.from_stdlib_socket(sock)
-    lock = lock if lock is not None else trio.Lock()
+    lock = device.config_lock
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(path)
