@@ -397,61 +397,75 @@ fn build_control(buf: &mut CmsgBuf, src: Option<(IpAddr, u32)>, segment: Option<
     // SAFETY: all-zero is a valid msghdr; it only describes `buf` for
     // CMSG_FIRSTHDR. At most two messages are written (at most 40 + 24 bytes
     // of their aligned space), inside the CMSG_SPACE (128) bytes of `buf`,
-    // which is 8-byte aligned as cmsghdr needs.
+    // which is 8-byte aligned as cmsghdr needs; each starts right after the
+    // previous one's aligned space.
     unsafe {
         let mut h: libc::msghdr = zeroed();
         h.msg_control = buf.0.as_mut_ptr().cast();
         h.msg_controllen = CMSG_SPACE;
-        let mut c = libc::CMSG_FIRSTHDR(&h);
+        let first = libc::CMSG_FIRSTHDR(&h);
         let mut len = 0;
         if let Some(src) = src {
-            let space = match src.0 {
-                IpAddr::V4(a) => {
-                    (*c).cmsg_level = libc::IPPROTO_IP;
-                    (*c).cmsg_type = libc::IP_PKTINFO;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-                    let info = libc::in_pktinfo {
-                        ipi_ifindex: 0,
-                        ipi_spec_dst: libc::in_addr {
-                            s_addr: u32::from_ne_bytes(a.octets()),
-                        },
-                        ipi_addr: libc::in_addr { s_addr: 0 },
-                    };
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
-                }
-                IpAddr::V6(a) => {
-                    (*c).cmsg_level = libc::IPPROTO_IPV6;
-                    (*c).cmsg_type = libc::IPV6_PKTINFO;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
-                    // A link-local source needs its interface; others route freely.
-                    let ifindex = if a.segments()[0] & 0xffc0 == 0xfe80 {
-                        src.1
-                    } else {
-                        0
-                    };
-                    let info = libc::in6_pktinfo {
-                        ipi6_addr: libc::in6_addr {
-                            s6_addr: a.octets(),
-                        },
-                        ipi6_ifindex: ifindex,
-                    };
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
-                }
-            };
-            len += space;
-            // The next header starts right after this one's aligned space.
-            c = buf.0.as_mut_ptr().add(len).cast();
+            len += write_source(first, src);
         }
         if let Some(seg) = segment {
-            (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), seg);
-            len += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            len += write_cmsg(
+                buf.0.as_mut_ptr().add(len).cast(),
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                seg,
+            );
         }
         len
+    }
+}
+
+/// The source address as IP_PKTINFO or IPV6_PKTINFO; returns its space.
+///
+/// # Safety
+/// `c` must point at writable, cmsghdr-aligned space for the message.
+unsafe fn write_source(c: *mut libc::cmsghdr, (addr, scope): (IpAddr, u32)) -> usize {
+    match addr {
+        IpAddr::V4(a) => {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            // SAFETY: as this function's contract.
+            unsafe { write_cmsg(c, libc::IPPROTO_IP, libc::IP_PKTINFO, info) }
+        }
+        IpAddr::V6(a) => {
+            // A link-local source needs its interface; others route freely.
+            let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                ipi6_ifindex: if link_local { scope } else { 0 },
+            };
+            // SAFETY: as this function's contract.
+            unsafe { write_cmsg(c, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info) }
+        }
+    }
+}
+
+/// One control message carrying `data`; returns its aligned space.
+///
+/// # Safety
+/// `c` must point at writable, cmsghdr-aligned space of at least
+/// CMSG_SPACE(size_of::<T>()) bytes.
+unsafe fn write_cmsg<T>(c: *mut libc::cmsghdr, level: i32, kind: i32, data: T) -> usize {
+    let size = size_of::<T>() as u32;
+    // SAFETY: as this function's contract; the data may be unaligned.
+    unsafe {
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = kind;
+        (*c).cmsg_len = libc::CMSG_LEN(size) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), data);
+        libc::CMSG_SPACE(size) as usize
     }
 }
 
@@ -588,12 +602,7 @@ fn send_gso(
         if rc >= 0 {
             return Ok(());
         }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock if !wait_writable(fd, deadline) => return Err(gave_up()),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-            _ => return Err(e),
-        }
+        retry_or_fail(fd, deadline)?;
     }
 }
 
@@ -605,36 +614,28 @@ fn send_mmsg(
     packets: &[&[u8]],
     deadline: Instant,
 ) -> Result<(), SendError> {
-    const MAX: usize = 64;
     let (mut name, namelen) = sockaddr_from_std(dst);
     let mut cmsg = CmsgBuf([0; CMSG_SPACE]);
     let cmsg_len = build_control(&mut cmsg, src, None);
     // SAFETY: all-zero iovec/mmsghdr arrays are valid; filled below.
-    let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
-    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; MMSG_MAX] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; MMSG_MAX] = unsafe { zeroed() };
     let mut sent = 0;
     while sent < packets.len() {
-        let chunk = &packets[sent..packets.len().min(sent + MAX)];
+        let chunk = &packets[sent..packets.len().min(sent + MMSG_MAX)];
         for (i, p) in chunk.iter().enumerate() {
             iovs[i] = libc::iovec {
                 iov_base: p.as_ptr() as *mut libc::c_void,
                 iov_len: p.len(),
             };
-            // SAFETY: all-zero msghdr is valid; pointers reference live locals.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = namelen;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            if cmsg_len > 0 {
-                h.msg_control = cmsg.0.as_mut_ptr().cast();
-                h.msg_controllen = cmsg_len;
-            }
-            hdrs[i] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
         }
+        let control = (cmsg_len > 0).then_some((&mut cmsg, cmsg_len));
+        fill_headers(
+            &mut hdrs,
+            &mut iovs[..chunk.len()],
+            (&mut name, namelen),
+            control,
+        );
         // SAFETY: the first chunk.len() headers are initialised and point at
         // live buffers (the packets, `name`, `cmsg`) for the whole call.
         let rc = unsafe {
@@ -645,23 +646,52 @@ fn send_mmsg(
                 libc::MSG_DONTWAIT,
             )
         };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock if !wait_writable(fd, deadline) => {
-                    return Err(SendError {
-                        sent,
-                        error: gave_up(),
-                    })
-                }
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                _ => return Err(SendError { sent, error: e }),
-            }
-            continue;
+        match usize::try_from(rc) {
+            Ok(n) => sent += n,
+            Err(_) => retry_or_fail(fd, deadline).map_err(|error| SendError { sent, error })?,
         }
-        sent += rc as usize;
     }
     Ok(())
+}
+
+const MMSG_MAX: usize = 64;
+
+/// One header per iovec, all to `name`, all with the same control messages.
+fn fill_headers(
+    hdrs: &mut [libc::mmsghdr; MMSG_MAX],
+    iovs: &mut [libc::iovec],
+    (name, namelen): (&mut libc::sockaddr_storage, libc::socklen_t),
+    control: Option<(&mut CmsgBuf, usize)>,
+) {
+    let (control_ptr, control_len) = match control {
+        Some((buf, len)) => (buf.0.as_mut_ptr().cast(), len),
+        None => (std::ptr::null_mut(), 0),
+    };
+    for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+        // SAFETY: all-zero msghdr is valid; the pointers are the caller's.
+        let mut h: libc::msghdr = unsafe { zeroed() };
+        h.msg_name = (name as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = namelen;
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        h.msg_control = control_ptr;
+        h.msg_controllen = control_len;
+        *hdr = libc::mmsghdr {
+            msg_hdr: h,
+            msg_len: 0,
+        };
+    }
+}
+
+/// After a failed send: Ok to try again (interrupted, or the socket became
+/// writable before `deadline`), else the error to give up with.
+fn retry_or_fail(fd: RawFd, deadline: Instant) -> io::Result<()> {
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock if !wait_writable(fd, deadline) => Err(gave_up()),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+        _ => Err(e),
+    }
 }
 
 #[cfg(test)]
