@@ -16,7 +16,9 @@ record (the client's hosts file).
 
 A switch brings the other uplink up (address and default route), then
 takes the old one away (its default route and address): `Switch.began` is
-just before the old path goes, `done` just after.
+just before the old path goes, `done` just after. The lab is ready once
+duplicate address detection is over on every link (a real uplink is that
+far along before anything switches to it).
 
 Moving server (`build_moving`): the server's address changes within its
 subnet and its DNS record follows (dnsmasq in the router, TTL 1 s). The
@@ -107,6 +109,17 @@ def _nodes(
     return client, server
 
 
+def _wait_for_dad(ns: Namespace) -> None:
+    """Until no IPv6 address is tentative: a new link's link-local address
+    is, for about a second, and neighbour discovery waits for it. A real
+    uplink is that far along before anything switches to it."""
+    wait_until(
+        lambda: not ns.ip("-6", "address", "show", "tentative").stdout.strip(),
+        timeout=10,
+        what=f"duplicate address detection in {ns.name}",
+    )
+
+
 def _handshake(lab: NetnsLab, client: Node) -> None:
     if not client.ping(SERVER_TUNNEL, count=2, timeout=2):
         raise AssertionError(f"no tunnel before the first switch\n{lab.logs()}")
@@ -161,6 +174,8 @@ def build_family(lab: NetnsLab, *, client_impl: str, server_impl: str) -> Family
     client_ns.etc_file("hosts", f"127.0.0.1 localhost\n{SERVER_V4} {NAME}\n{SERVER_V6} {NAME}\n")
     # No DNS server in this lab: queries (for a TTL) fail at once, locally.
     client_ns.etc_file("resolv.conf", "nameserver 127.0.0.1\n")
+    for ns in (client_ns, router_ns, server_ns):
+        _wait_for_dad(ns)
     client, server = _nodes(lab, client_ns, client_impl, server_ns, server_impl, SERVER_V4)
     uplinks = (up4.a_ifname, up6.a_ifname)
     h = FamilyLab(lab, FAMILY_SWITCH, client_ns, router_ns, server_ns, uplinks, client, server)

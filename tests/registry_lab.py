@@ -113,7 +113,7 @@ class RegistryLab:
 
     def show(self, gateway: Node) -> dict[str, object]:
         out = gateway.ns.run([sys.executable, "-m", "wgpy", "show", gateway.iface, "--json"])
-        state: dict[str, object] = json.loads(out.stdout)[0]
+        state: dict[str, object] = json.loads(out.stdout)["interfaces"][0]
         return state
 
 

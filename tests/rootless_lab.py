@@ -20,6 +20,7 @@ from pathlib import Path
 
 import wgpy
 from netns import BackgroundProcess, Namespace, NetnsLab, wait_until
+from nobody import nobody_python
 from wgnet import INNER_V4, INNER_V6, OUTER_V4, OUTER_V6, WIREGUARD_GO, Node, start_node
 
 HERE = Path(__file__).parent
@@ -58,10 +59,10 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
         """`python -m wgpy COMMAND CONFIG ARGS` as nobody in the client
         namespace; returns once it printed its "listening" line."""
         config = self.write_config()
-        argv = [*AS_NOBODY, sys.executable, "-m", "wgpy", command, str(config), *args]
-        process = self.client_ns.spawn(
-            argv, env={"LOG_LEVEL": os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")}
-        )
+        python, env = nobody_python()
+        argv = [*AS_NOBODY, python, "-m", "wgpy", command, str(config), *args]
+        env["LOG_LEVEL"] = os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")
+        process = self.client_ns.spawn(argv, env=env)
         wait_until(
             lambda: f"wgpy {command}:" in process.log() or not process.alive(),
             timeout=20,

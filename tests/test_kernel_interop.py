@@ -59,6 +59,7 @@ from netns import (
     require_tun,
     wait_until,
 )
+from nobody import nobody_python
 from rootless_lab import AS_NOBODY, nobody_config
 from transfer import last_json, start_receiver, start_sender
 from wgnet import Node, PeerDump, endpoint_text, find_peer, start_node, write_secret
@@ -635,9 +636,11 @@ AllowedIPs = {INNER[1]}/32
     port, local = 5301, 9301
     sha_file = start_kernel_receiver(kernel, port)
     with nobody_config(config) as path:
+        python, python_env = nobody_python()
         forward = env.ns.spawn(
-            [*AS_NOBODY, sys.executable, "-m", "wgpy", "forward", str(path),
-             "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"]
+            [*AS_NOBODY, python, "-m", "wgpy", "forward", str(path),
+             "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"],
+            env=python_env,
         )  # fmt: skip
         wait_until(lambda: "wgpy forward:" in forward.log(), timeout=20, what="wgpy forward")
         tx = start_sender(env.ns, "127.0.0.1", 10 << 20, port=local)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import wgpy
 from netns import Namespace, NetnsLab, require_programs, require_tun, wait_until
+from nobody import nobody_python
 from transfer import tcp_transfer
 from wgnet import INNER_V4, OUTER_V4, WGPY, WIREGUARD_GO, start_node
 
@@ -122,12 +123,13 @@ def test_non_root_user_with_ambient_net_admin_runs_the_daemon(
     netns_lab.veth(a_ns, b_ns, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
     b = start_node(netns_lab, b_ns, WIREGUARD_GO, port=51821, addresses=[f"{INNER_V4[1]}/24"])
     iface = netns_lab.interface_name(a_ns, prefix="wga")
-    env = {"WGPY_RUN_DIR": str(nobody_run_dir), "LOG_LEVEL": "info"}
-    daemon = a_ns.spawn(
-        _as_nobody_with_net_admin([sys.executable, "-m", "wgpy", "-f", iface]), env=env
-    )
+    python, env = nobody_python()
+    env |= {"WGPY_RUN_DIR": str(nobody_run_dir), "LOG_LEVEL": "info"}
+    daemon = a_ns.spawn(_as_nobody_with_net_admin([python, "-m", "wgpy", "-f", iface]), env=env)
     sock = nobody_run_dir / f"{iface}.sock"
-    wait_until(lambda: sock.exists() or not daemon.alive(), timeout=15, what="the socket")
+    # "serving" is logged once set up (the socket file exists earlier).
+    ready = f"serving {sock}"
+    wait_until(lambda: ready in daemon.log() or not daemon.alive(), timeout=15, what="serving")
     assert daemon.alive(), daemon.log()
     assert_least_privilege(daemon.pid)
     assert os.lstat(sock).st_uid == NOBODY

@@ -21,7 +21,8 @@ from netns import NetnsLab, require_programs, require_tun, wait_until
 
 UNITS = Path(__file__).parent.parent / "packaging/wgpy.data/data/lib/systemd/system"
 TIMESTAMPED = re.compile(
-    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (DEBUG|INFO|WARNING|ERROR|CRITICAL) wgpy[\w.]*: "
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"wgpy[\w.]*: "
 )
 
 

@@ -22,6 +22,7 @@ privilege drop does not lose it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import logging.handlers
 import os
@@ -39,7 +40,6 @@ SYSLOG_ENV = "WGPY_SYSLOG"
 DEFAULT_SYSLOG = "/dev/log"
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 TIMESTAMPED = "%(asctime)s " + FORMAT
-DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 # journald's (and syslog's) priorities for Python's levels.
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -48,6 +48,17 @@ _PRIORITY = {
     logging.ERROR: 3,
     logging.CRITICAL: 2,
 }
+
+
+class TimestampedFormatter(logging.Formatter):
+    """ISO 8601 local time with milliseconds: handovers take milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__(TIMESTAMPED)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        at = datetime.datetime.fromtimestamp(record.created).astimezone()
+        return at.isoformat(timespec="milliseconds")
 
 
 class JournalFormatter(logging.Formatter):
@@ -78,7 +89,7 @@ def _stderr_is_journal() -> bool:
 def _file_handler(path: str) -> logging.Handler:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
-    handler.setFormatter(logging.Formatter(TIMESTAMPED, DATE_FORMAT))
+    handler.setFormatter(TimestampedFormatter())
     return handler
 
 
@@ -104,7 +115,7 @@ def _stderr_handler() -> logging.Handler:
     if _stderr_is_journal():
         handler.setFormatter(JournalFormatter(FORMAT))
     else:
-        handler.setFormatter(logging.Formatter(TIMESTAMPED, DATE_FORMAT))
+        handler.setFormatter(TimestampedFormatter())
     return handler
 
 

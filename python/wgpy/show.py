@@ -131,6 +131,11 @@ def _peer_json(p: PeerState) -> dict[str, object]:
         "persistent_keepalive": p.persistent_keepalive,
         "invalid_source_packets": p.invalid_source_packets,
         "last_reannounce": p.last_reannounce,
+        "endpoint_names": list(p.endpoint_names),
+        "endpoint_addresses": list(p.endpoint_addresses),
+        "endpoint_resolved": p.endpoint_resolved,
+        "endpoint_error": p.endpoint_error,
+        "from_registry": p.from_registry,
     }
 
 
@@ -144,6 +149,7 @@ def _interface_json(s: DeviceState) -> dict[str, object]:
         "last_underlay_change": s.last_underlay_change,
         "handover_events": [asdict(e) for e in s.handover_events],
         "stats": dict(s.stats),
+        "registry": asdict(s.registry) if s.registry is not None else None,
         "peers": [_peer_json(p) for p in s.peers],
     }
 
