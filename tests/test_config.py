@@ -1173,6 +1173,12 @@ def showconf_shaped(c: Config) -> bool:
 @given(CONFIGS.filter(showconf_shaped))
 @example(Config())
 @example(parse(FULL.replace("PersistentKeepalive = off", "")))
+# wg prints an IPv4-mapped prefix with a dotted tail: ::ffff:0.0.0.0/96.
+@example(
+    parse(
+        FULL.replace("PersistentKeepalive = off", "").replace("fd42:42:42::2/128", "::ffff:0:0/96")
+    )
+)
 def test_to_wg_is_what_wg_showconf_prints(uapi, c):
     uapi.get_reply = uapi_dump(c)
     result = uapi.wg("showconf")

@@ -4,16 +4,14 @@ plane, configured and timed from Trio.
 - The data plane (Rust) moves packets and runs the handshakes; it owns
   receiver indices, keypairs, endpoints and counters (rust/src/datapath/).
 - This object owns the configuration (private key, port, fwmark, MTU, peers
-  and their keys; the names behind endpoints are wgpy.names') and runs, in
+  and their keys) and runs, in
   one nursery while the device is open: the data plane's event loop, one
   task per peer (its timers, in the peer's own cancel scope), the MTU
   follower (wgpy.link), the resolver of endpoint names (wgpy.names), the
   underlay watcher (wgpy.handover) and, given a registry, the etcd sync
   (wgpy.registry).
-- An endpoint given as an address is set as `wg set` sets it (and forgets
-  any names); one given as a name, or several candidates, is resolved and
-  kept current by wgpy.names, which moves the endpoint through
-  `_switch_endpoint`; handover then re-announces from the new path.
+- Endpoints as configured (an address, or names kept current) are
+  wgpy.endpoints'; handover re-announces a switched one from its new path.
 - Configuration changes from every source (UAPI, registry) take
   `config_lock`, so none sees another half-applied.
 - The event loop only routes the data plane's notifications: a peer's
@@ -47,10 +45,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from wgpy._core import Datapath, PeerState, PresharedKey, PrivateKey, PublicKey
-from wgpy.events import DeviceEvent, EventKind, Subscribers
+from wgpy.endpoints import Endpoints, candidates
+from wgpy.events import DeviceEvent, Subscribers
 from wgpy.handover import Handover, HandoverReport, enabled_by_default
 from wgpy.link import follow_mtu
-from wgpy.names import Address, NamedEndpoint, Names, is_address, parse_candidate
+from wgpy.names import Address, NamedEndpoint
 from wgpy.peer import Endpoint, IPNetwork, Peer, PeerStats
 from wgpy.tasks import background_tasks
 from wgpy.tun import DEFAULT_MTU, Tun, open_udp_sockets, set_fwmark
@@ -80,25 +79,6 @@ def _registry_config(registry: str | RegistryConfig | None) -> RegistryConfig | 
 
 def _network(value: str | IPNetwork) -> IPNetwork:
     return value if not isinstance(value, str) else ipaddress.ip_network(value, strict=False)
-
-
-def _candidate(endpoint: Endpoint | str) -> Address:
-    if isinstance(endpoint, str):
-        return parse_candidate(endpoint)
-    host, port = endpoint
-    return parse_candidate(f"[{host}]:{port}")
-
-
-def _candidates(
-    endpoint: Endpoint | str | None, endpoints: Iterable[Endpoint | str] | None
-) -> list[Address] | None:
-    """`endpoint` then `endpoints`, validated (ValueError); None if neither."""
-    given = ([] if endpoint is None else [endpoint]) + list(endpoints or ())
-    out: list[Address] = []
-    for e in given:
-        if (c := _candidate(e)) not in out:
-            out.append(c)
-    return out or None
 
 
 class Device:
@@ -133,12 +113,6 @@ class Device:
         self.config_lock = trio.Lock()
         self._handover_enabled = enabled_by_default() if handover is None else handover
         self._handover: Handover | None = None
-        self._names = Names(
-            switch=self._switch_endpoint,
-            state=self._peer_state,
-            report=self._report,
-            fwmark=lambda: self._fwmark,
-        )
         self._private_key = private_key
         self._listen_port = listen_port
         self._fwmark = fwmark
@@ -154,6 +128,14 @@ class Device:
         self._subscribers = Subscribers()
         self.closed = trio.Event()
         self.tun_gone = trio.Event()
+        self._endpoints = Endpoints(
+            lambda: self.name,
+            datapath=lambda: self.datapath,
+            peer=self._by_id.get,
+            handover=lambda: self._handover,
+            fwmark=lambda: self._fwmark,
+            emit=self._subscribers.emit,
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -184,7 +166,7 @@ class Device:
                 self._nursery = nursery
                 nursery.start_soon(self._event_loop)
                 await self._follow_inside(nursery)
-                await nursery.start(self._names.run)
+                await nursery.start(self._endpoints.names.run)
                 await self._start_handover(nursery)
                 await self._start_registry(nursery)
                 try:
@@ -272,7 +254,7 @@ class Device:
             peers=lambda: [(p.id, p.public_key) for p in self._peers.values()],
             fwmark=lambda: self._fwmark,
             emit=self._subscribers.emit,
-            choices=self._names,
+            choices=self._endpoints.names,
         )
         try:
             handover.open()
@@ -417,14 +399,14 @@ class Device:
                 allowed_ips=allowed_ips,
                 persistent_keepalive=persistent_keepalive,
             )
-        candidates = _candidates(endpoint, endpoints)  # ValueError before any change
+        given = candidates(endpoint, endpoints)  # ValueError before any change
         nursery = self._running_nursery()
         peer = self._new_peer(public_key, preshared_key)
         await nursery.start(peer.run)
         self.update_peer(public_key, allowed_ips=allowed_ips)
-        if candidates is not None:
-            self._configure_endpoint(peer, candidates)
-            await self._names.refresh(peer.id)
+        if given is not None:
+            self._endpoints.configure(peer, given)
+            await self._endpoints.names.refresh(peer.id)
         # Last: a keepalive turned on goes out at once, to the endpoint.
         return self.update_peer(public_key, persistent_keepalive=persistent_keepalive)
 
@@ -451,13 +433,13 @@ class Device:
         """Changes what is given (None: unchanged), then sends the staged
         packets. A named endpoint is resolved in the background."""
         peer = self._peers[public_key]
-        candidates = _candidates(endpoint, endpoints)  # ValueError before any change
+        given = candidates(endpoint, endpoints)  # ValueError before any change
         dp = self.datapath
         if preshared_key is not None:
             peer.preshared_key = preshared_key
             dp.set_preshared_key(peer.id, preshared_key)
-        if candidates is not None:
-            self._configure_endpoint(peer, candidates)
+        if given is not None:
+            self._endpoints.configure(peer, given)
         if replace_allowed_ips:
             dp.allowed_ips_remove_peer(peer.id)
         for net in allowed_ips or ():
@@ -467,64 +449,14 @@ class Device:
         dp.send_staged(peer.id)
         return peer
 
-    def _configure_endpoint(self, peer: Peer, candidates: list[Address]) -> None:
-        """One address: set now, as wg does (names forgotten). Otherwise the
-        candidates go to wgpy.names, and a first address is set now."""
-        if len(candidates) == 1 and is_address(candidates[0][0]):
-            self._names.forget(peer.id)
-            self._set_endpoint(peer, candidates[0])
-            return
-        self._names.set(peer.id, candidates)
-        if is_address(candidates[0][0]):
-            self._set_endpoint(peer, candidates[0])
-
-    def _set_endpoint(self, peer: Peer, address: Address) -> None:
-        self.datapath.set_endpoint(peer.id, address)
-        peer.endpoint_configured()
-        if self._handover is not None:
-            self._handover.endpoint_set(peer.id)
-
     def set_endpoint_names(self, public_key: PublicKey, names: list[Address]) -> None:
         """The candidates behind a peer's endpoint (UAPI `wgpy_endpoint_name`),
         leaving the current address as it is until they are resolved."""
-        peer = self._peers[public_key]
-        self._names.set(peer.id, names)
+        self._endpoints.set_names(self._peers[public_key], names)
 
     def endpoint_names(self, public_key: PublicKey) -> NamedEndpoint | None:
         """The peer's names and what is known of them, if it has any."""
-        return self._names.get(self._peers[public_key].id)
-
-    def _switch_endpoint(self, peer_id: int, address: Address, why: str) -> None:
-        """wgpy.names moves a peer's endpoint: set it, report it, and let the
-        peer know at once (handover re-announces from the new path)."""
-        peer = self._by_id.get(peer_id)
-        if peer is None:
-            return
-        dp = self.datapath
-        old = dp.peer_state(peer_id).endpoint
-        if old is None:  # the first address: like a configured one
-            self._set_endpoint(peer, address)
-            dp.send_staged(peer_id)
-            return
-        dp.set_endpoint(peer_id, address)
-        peer.endpoint_configured()
-        log.info("%s: %s: endpoint %s -> %s (%s)", self.name, peer, old, address, why)
-        event = DeviceEvent("endpoint_switched", time.time(), peer.public_key, address, why)
-        self._subscribers.emit(event)
-        if self._handover is not None and self._handover.running:
-            self._handover.switched(peer_id)
-        elif dp.peer_state(peer_id).can_send:
-            dp.send_keepalive(peer_id)
-        else:
-            dp.request_handshake(peer_id)
-
-    def _peer_state(self, peer_id: int) -> PeerState | None:
-        return self.datapath.peer_state(peer_id) if peer_id in self._by_id else None
-
-    def _report(self, kind: EventKind, peer_id: int, detail: str) -> None:
-        peer = self._by_id.get(peer_id)
-        if peer is not None:
-            self._subscribers.emit(DeviceEvent(kind, time.time(), peer.public_key, None, detail))
+        return self._endpoints.named(self._peers[public_key])
 
     def add_allowed_ip(self, peer: Peer, network: IPNetwork) -> None:
         self.datapath.allowed_ip_insert(str(network.network_address), network.prefixlen, peer.id)
@@ -540,7 +472,7 @@ class Device:
             return
         del self._by_id[peer.id]
         peer.remove()
-        self._names.forget(peer.id)
+        self._endpoints.forget(peer)
         if self._handover is not None:
             self._handover.forget(peer.id, peer.public_key)
         self.datapath.remove_peer(peer.id)
@@ -556,12 +488,12 @@ class Device:
     # --- what peers report (PeerListener) ----------------------------------------------
 
     def handshake_completed(self, peer: Peer, state: PeerState) -> None:
-        self._names.worked(peer.id, state.endpoint)
+        self._endpoints.worked(peer, state.endpoint)
         at = state.last_handshake if state.last_handshake is not None else time.time()
         self._subscribers.emit(DeviceEvent("handshake_completed", at, peer.public_key))
 
     def endpoint_changed(self, peer: Peer, endpoint: Endpoint | None) -> None:
-        self._names.worked(peer.id, endpoint)
+        self._endpoints.worked(peer, endpoint)
         if self._handover is not None:
             self._handover.endpoint_set(peer.id)
         if endpoint is not None:
@@ -578,7 +510,7 @@ class Device:
             self._handover.unreachable(peer.id)
 
     def handshake_unanswered(self, peer: Peer) -> None:
-        self._names.unanswered(peer.id, self.datapath.peer_state(peer.id).endpoint)
+        self._endpoints.unanswered(peer)
 
     # --- the data plane's events -----------------------------------------------------
 
