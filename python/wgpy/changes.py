@@ -24,16 +24,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import trio
 
 from wgpy._core import PresharedKey, PrivateKey, PublicKey
-
-if TYPE_CHECKING:
-    from wgpy.device import Device
-    from wgpy.peer import Peer
+from wgpy.peer import IPNetwork, Peer
 
 
 class ChangeError(Exception):
@@ -83,7 +81,58 @@ class DeviceChange:
     peers: list[PeerChange] = field(default_factory=list)
 
 
-async def apply(device: Device, change: DeviceChange) -> None:
+class Configurable(Protocol):
+    """What applying a change needs of a device (wgpy.device.Device; the
+    tests' stand-in in tests/uapi_fakes.py)."""
+
+    @property
+    def peers(self) -> Sequence[Peer]: ...
+
+    @property
+    def public_key(self) -> PublicKey | None: ...
+
+    @property
+    def fwmark(self) -> int: ...
+
+    def peer(self, public_key: PublicKey) -> Peer: ...
+
+    def set_fwmark(self, fwmark: int) -> None: ...
+
+    def set_listen_port(self, port: int) -> None: ...
+
+    def set_private_key(self, key: PrivateKey | None) -> None: ...
+
+    async def add_peer(
+        self,
+        public_key: PublicKey,
+        *,
+        preshared_key: PresharedKey | None = None,
+        endpoint: tuple[str, int] | None = None,
+        persistent_keepalive: int = 0,
+    ) -> Peer: ...
+
+    def update_peer(
+        self,
+        public_key: PublicKey,
+        *,
+        preshared_key: PresharedKey | None = None,
+        endpoint: tuple[str, int] | None = None,
+        replace_allowed_ips: bool = False,
+        persistent_keepalive: int | None = None,
+    ) -> Peer: ...
+
+    def remove_peer(self, public_key: PublicKey) -> None: ...
+
+    def clear_preshared_key(self, public_key: PublicKey) -> None: ...
+
+    def set_endpoint_names(self, public_key: PublicKey, names: list[tuple[str, int]]) -> None: ...
+
+    def add_allowed_ip_prefixes(self, peer: Peer, prefixes: Iterable[tuple[str, int]]) -> None: ...
+
+    def remove_allowed_ip(self, peer: Peer, network: IPNetwork) -> bool: ...
+
+
+async def apply(device: Configurable, change: DeviceChange) -> None:
     """Applies a validated change. Raises ChangeError(EADDRINUSE), having
     changed nothing, if the fwmark or listen port cannot be applied; every
     later step cannot fail."""
@@ -107,7 +156,7 @@ async def apply(device: Device, change: DeviceChange) -> None:
                 await _create_peer(device, peer_change)
 
 
-def _apply_socket_settings(device: Device, request: DeviceChange) -> None:
+def _apply_socket_settings(device: Configurable, request: DeviceChange) -> None:
     """The fwmark, then the listen port (binding may fail: EADDRINUSE); a
     failure restores the old fwmark, so nothing has changed."""
     old_fwmark = device.fwmark
@@ -130,12 +179,12 @@ def _apply_socket_settings(device: Device, request: DeviceChange) -> None:
             raise ChangeError(errno.EADDRINUSE, message) from None
 
 
-def _restore_fwmark(device: Device, fwmark: int) -> None:
+def _restore_fwmark(device: Configurable, fwmark: int) -> None:
     with contextlib.suppress(OSError):
         device.set_fwmark(fwmark)
 
 
-def _has_peer(device: Device, key: PublicKey) -> bool:
+def _has_peer(device: Configurable, key: PublicKey) -> bool:
     try:
         device.peer(key)
     except KeyError:
@@ -143,7 +192,7 @@ def _has_peer(device: Device, key: PublicKey) -> bool:
     return True
 
 
-async def _create_peer(device: Device, change: PeerChange) -> None:
+async def _create_peer(device: Configurable, change: PeerChange) -> None:
     peer = await device.add_peer(
         change.public_key,
         preshared_key=change.preshared_key,
@@ -154,12 +203,12 @@ async def _create_peer(device: Device, change: PeerChange) -> None:
     _apply_names(device, change)
 
 
-def _apply_names(device: Device, change: PeerChange) -> None:
+def _apply_names(device: Configurable, change: PeerChange) -> None:
     if change.endpoint_names is not None:
         device.set_endpoint_names(change.public_key, change.endpoint_names)
 
 
-def _update_peer(device: Device, change: PeerChange) -> None:
+def _update_peer(device: Configurable, change: PeerChange) -> None:
     if change.clear_preshared_key:
         device.clear_preshared_key(change.public_key)
     peer = device.update_peer(
@@ -172,7 +221,7 @@ def _update_peer(device: Device, change: PeerChange) -> None:
     _apply_names(device, change)
 
 
-def _apply_allowed_ips(device: Device, peer: Peer, ops: list[AllowedIPOp]) -> None:
+def _apply_allowed_ips(device: Configurable, peer: Peer, ops: list[AllowedIPOp]) -> None:
     """In order, since a prefix belongs to one peer at a time: adding one
     takes it from its current owner. Runs of additions go in one call."""
     additions: list[tuple[str, int]] = []

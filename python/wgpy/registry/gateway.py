@@ -29,22 +29,30 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import trio
 
 from wgpy._core import PresharedKey, PublicKey
-from wgpy.changes import AllowedIPOp, DeviceChange, PeerChange
+from wgpy.changes import AllowedIPOp, Configurable, DeviceChange, PeerChange
 from wgpy.config import ConfigError, read_key_file
 from wgpy.events import DeviceEvent
 from wgpy.registry.layout import PeerEntry, Prefix, key_from_name, key_name, prefix_text
 from wgpy.registry.view import RegistryView
 
-if TYPE_CHECKING:
-    from wgpy.device import Device
-
 log = logging.getLogger("wgpy.registry")
 
 RECHECK_INTERVAL = 10.0
 RECENT_REFUSALS = 16
+
+
+class GatewayDevice(Configurable, Protocol):
+    """What the registry needs of a device (wgpy.device.Device)."""
+
+    @property
+    def config_lock(self) -> trio.Lock: ...
+
+    def allowed_ip_prefixes(self, public_key: PublicKey) -> list[tuple[str, int]]: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class Gateway:
     """The registry peers of one device, and what was refused."""
 
     def __init__(
-        self, device: Device, name: str, psk_dir: Path, emit: Callable[[DeviceEvent], None]
+        self, device: GatewayDevice, name: str, psk_dir: Path, emit: Callable[[DeviceEvent], None]
     ) -> None:
         self._device = device
         self._name = name  # for log lines: the network's display URL
@@ -177,7 +185,7 @@ class Gateway:
 class _LocalPeers:
     """The device's peers that are not the registry's, read once per batch."""
 
-    def __init__(self, device: Device, applied: dict[PublicKey, PeerEntry]) -> None:
+    def __init__(self, device: GatewayDevice, applied: dict[PublicKey, PeerEntry]) -> None:
         self._device = device
         self._keys = {peer.public_key for peer in device.peers}
         self._local = self._keys - applied.keys()

@@ -30,14 +30,13 @@ from wgpy import changes
 from wgpy.events import DeviceEvent
 from wgpy.registry.config import RegistryConfig, RegistryConfigError
 from wgpy.registry.etcd import EtcdClient, EtcdCompacted, EtcdError, EtcdUnavailable, WatchBatch
-from wgpy.registry.gateway import RECHECK_INTERVAL, Gateway
+from wgpy.registry.gateway import RECHECK_INTERVAL, Gateway, GatewayDevice
 from wgpy.registry.report import RegistryReport
 from wgpy.registry.view import RegistryView
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from wgpy.device import Device
 
 log = logging.getLogger("wgpy.registry")
 
@@ -51,7 +50,7 @@ class RegistrySync:
     """Keeps a device's registry peers in line with one etcd network."""
 
     def __init__(
-        self, config: RegistryConfig, device: Device, emit: Callable[[DeviceEvent], None]
+        self, config: RegistryConfig, device: GatewayDevice, emit: Callable[[DeviceEvent], None]
     ) -> None:
         self.config = config
         self.url = config.display()
