@@ -116,6 +116,55 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._peer_families()
         yield from self._device_families()
+        yield from self._registry_families()
+        yield from self._name_families()
+
+    def _registry_families(self) -> Iterator[Metric]:
+        """A registry's state (wgpy.registry): connected or not, its counts."""
+        connected = GaugeMetricFamily(
+            "wgpy_registry_connected",
+            "1 while the peer registry (etcd) is reachable, 0 during an outage",
+            labels=["interface", "url"],
+        )
+        counts = {
+            field: CounterMetricFamily(f"wgpy_registry_{field}", text, labels=["interface"])
+            for field, text in (
+                ("reconnects", "Sessions with the registry after the first"),
+                ("reloads", "Snapshots loaded anew after the watch's revision was compacted"),
+            )
+        }
+        peers = GaugeMetricFamily(
+            "wgpy_registry_peers", "Peers applied from the registry", labels=["interface"]
+        )
+        refused = GaugeMetricFamily(
+            "wgpy_registry_refused", "Registry entries refused", labels=["interface"]
+        )
+        for state in self._states:
+            r = state.registry
+            if r is None:
+                continue
+            connected.add_metric([state.name, r.url], int(r.state == "connected"))
+            peers.add_metric([state.name], r.peers)
+            refused.add_metric([state.name], r.refused)
+            counts["reconnects"].add_metric([state.name], r.reconnects)
+            counts["reloads"].add_metric([state.name], r.reloads)
+        families = [connected, peers, refused, *counts.values()]
+        yield from (f for f in families if f.samples)
+
+    def _name_families(self) -> Iterator[Metric]:
+        """Endpoints by name (wgpy.names): whether the last resolution failed."""
+        failing = GaugeMetricFamily(
+            "wgpy_endpoint_resolution_failing",
+            "1 while the peer's endpoint names do not resolve (the last addresses stay in use)",
+            labels=["interface", "public_key"],
+        )
+        for state in self._states:
+            for peer in state.peers:
+                if peer.endpoint_names:
+                    failing.add_metric(
+                        [state.name, peer.public_key], int(peer.endpoint_error is not None)
+                    )
+        yield from [failing] if failing.samples else []
 
     def _peer_families(self) -> Iterator[Metric]:
         sent = CounterMetricFamily(
