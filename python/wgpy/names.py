@@ -40,9 +40,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
 import trio
 
 from wgpy._core import PeerState
@@ -115,6 +112,11 @@ async def dns_ttl(host: str) -> float | None:
     (a name from /etc/hosts has none)."""
     if is_address(host):
         return None
+    # Imported here: a device without names does not pay for dnspython.
+    import dns.asyncresolver
+    import dns.exception
+    import dns.rdatatype
+
     resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = TTL_TIMEOUT
     ttls: list[float] = []
