@@ -78,6 +78,8 @@ def add_variant(spec: str) -> Config:
         if not eq or not var:
             raise ValueError(f"--wgpy-variant {spec!r}: {item!r} is not VAR=VALUE")
         env.append((var, value))
+    if not env:
+        raise ValueError(f"--wgpy-variant {spec!r}: give NAME:VAR=VALUE[,VAR=VALUE...]")
     if not name.isidentifier() or f"wgpy-{name}" in BY_KEY:
         raise ValueError(f"--wgpy-variant {spec!r}: bad or duplicate name {name!r}")
     config = Config(f"wgpy-{name}", f"wgpy↔wgpy ({name})", WGPY, WGPY, tuple(env))

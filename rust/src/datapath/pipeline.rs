@@ -124,6 +124,7 @@ impl<F: FnOnce() + Send + 'static> From<F> for Closure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::lock;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -134,9 +135,9 @@ mod tests {
         let ran = Arc::new(Mutex::new(None));
         let r = ran.clone();
         pipeline.submit(Closure::from(move || {
-            *r.lock().expect("lock") = Some(std::thread::current().id());
+            *lock(&r) = Some(std::thread::current().id());
         }));
-        assert_eq!(*ran.lock().expect("lock"), Some(here));
+        assert_eq!(*lock(&ran), Some(here));
     }
 
     #[test]
@@ -148,7 +149,7 @@ mod tests {
             let (done, threads) = (done.clone(), threads.clone());
             pipeline.submit(Closure::from(move || {
                 let name = std::thread::current().name().map(str::to_string);
-                threads.lock().expect("lock").insert(name);
+                lock(&threads).insert(name);
                 done.fetch_add(1, Ordering::Relaxed);
             }));
         }
@@ -156,7 +157,7 @@ mod tests {
         let workers = pipeline.start("t-crypto").expect("start");
         workers.stop();
         assert_eq!(done.load(Ordering::Relaxed), 1000);
-        let names = threads.lock().expect("lock").clone();
+        let names = lock(&threads).clone();
         assert!(names
             .iter()
             .all(|n| n.as_deref().is_some_and(|n| n.starts_with("t-crypto"))));
