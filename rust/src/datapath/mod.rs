@@ -48,7 +48,8 @@
 //! - Defaults: one lane and no workers on machines of up to two cores,
 //!   where every core is already busy with the sender, the receiver and
 //!   the kernel, and hand-overs only add work (measured: bench/README.md,
-//!   "Scaling over cores"); above that a lane per two cores, up to 8.
+//!   "Scaling over cores"); above that a lane per two cores, up to 8 (not
+//!   yet measured on a larger machine; scaling.rs).
 //!
 //! Who owns what (one owner each):
 //! - Here: receiver indices (index.rs), keypairs (keypairs.rs), handshake

@@ -9,13 +9,19 @@
 //! - Crypto workers (`WGPY_CRYPTO_THREADS`, 0-64): the pipeline that seals
 //!   and opens whole batches beside the lanes (pipeline.rs), so even one
 //!   peer's traffic spreads over cores.
-//! - Defaults (`default_for`): measured with `python3 -m bench` and
-//!   `cargo bench --bench pipeline` (bench/README.md, "Scaling"). On up to
-//!   SMALL cores one lane and no workers: every core is already busy with
-//!   the sender, the receiver and the kernel, and handing batches between
-//!   threads only adds work. Above that, a lane per two cores (the other
-//!   core of each pair goes to the kernel's share of the traffic), up to
-//!   MAX_DEFAULT_LANES, and no workers: lanes need no hand-over at all.
+//! - Defaults (`default_for`), from `python3 -m bench` and `cargo bench
+//!   --bench pipeline` (bench/README.md, "Scaling over cores"). On up to
+//!   SMALL cores one lane and no workers. Measured on 2 cores (one run,
+//!   medians of 3): one lane gave TCP 4.51 Gbit/s at 2.77 core-s/GB; two
+//!   lanes the same TCP 1 stream (4.46) and CPU (2.67), TCP 4 streams +10 %
+//!   but UDP delivered -23 %; one worker 2.94 core-s/GB and a third less
+//!   UDP under 1 % loss: every core is already busy with the sender, the
+//!   receiver and the kernel, and hand-overs only add work. Above SMALL, a
+//!   lane per two cores (the other core of each pair goes to the kernel's
+//!   share of the traffic), up to MAX_DEFAULT_LANES, and no workers (lanes
+//!   need no hand-over at all). That part is NOT measured yet (no larger
+//!   machine here): bench/README.md says how to measure it and move
+//!   `default_for`.
 //! - The values are read once per process; a value that cannot be used is
 //!   replaced by the default and reported (a notice in the log).
 
@@ -24,7 +30,7 @@ use std::sync::OnceLock;
 pub const QUEUES_ENV: &str = "WGPY_QUEUES";
 pub const WORKERS_ENV: &str = "WGPY_CRYPTO_THREADS";
 const MAX: usize = 64;
-/// Up to this many cores, one lane (measured: see the module notes).
+/// Up to this many cores, one lane and no workers (measured on 2 cores).
 const SMALL: usize = 2;
 const MAX_DEFAULT_LANES: usize = 8;
 
