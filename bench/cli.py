@@ -42,6 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(c.key for c in topology.CONFIGS),
         help="comma-separated subset of: %(default)s",
     )
+    p.add_argument(
+        "--wgpy-variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,...]",
+        help="also measure wgpy↔wgpy with these daemon environment variables, as "
+        "configuration wgpy-NAME (repeatable; e.g. q2:WGPY_QUEUES=2)",
+    )
     p.add_argument("--udp-len", type=int, default=1200, help="UDP payload bytes (default 1200)")
     p.add_argument("--ping-count", type=int, help="idle pings, 10 ms apart (default 200)")
     p.add_argument("--peers", type=int, default=1000, help="peers in the memory test")
@@ -70,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> Options:
     keys = _names(args.configs)
+    keys += [topology.add_variant(spec).key for spec in args.wgpy_variant]
     unknown = [k for k in keys if k not in topology.BY_KEY]
     if unknown:
         raise ValueError(f"unknown configuration(s) {unknown}; known: {list(topology.BY_KEY)}")

@@ -9,19 +9,14 @@
 //!   batches of valid messages with increasing counters are made untimed, then
 //!   decrypted once each, in order, timed (`iter_custom`). No replay
 //!   rejections, no re-encryption inside the timed loop.
-//! - `batch/seal_Bx1420_helpers_N`: a batch of B = 64 (the TUN side's
-//!   largest) or 256 packets sealed the way the data plane does it
-//!   (`next_counters` + `seal_with_counter` through
-//!   `CryptoPool::for_each_chunk`), on the calling thread alone (N = 0) and
-//!   with one helper thread (N = 1): what WGPY_CRYPTO_THREADS buys when a
-//!   core is free, after the cost of waking the helper.
 //! - `handshake/full`: initiation create + open + consume + response create +
 //!   consume, with fresh ephemeral keys each time.
 //!
 //! After criterion, a summary is measured again in this binary with
 //! `Instant` (median of interleaved runs) and printed:
-//! wgpy encrypt / raw ring throughput ratio (target >= 0.9), handshakes/s and
-//! the batch sealing speed-up with one helper thread.
+//! wgpy encrypt / raw ring throughput ratio (target >= 0.9) and handshakes/s.
+//! Sealing through the data plane's pipeline with worker threads is
+//! `bench/pipeline.rs`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -30,7 +25,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use wgpy::clock::{Clock, ManualClock};
-use wgpy::datapath::pool::CryptoPool;
 use wgpy::keys::{PresharedKey, PrivateKey};
 use wgpy::messages::TRANSPORT_HEADER_LEN;
 use wgpy::noise::{Handshake, Identity};
@@ -46,8 +40,6 @@ const KEY_B: [u8; 32] = [0x62; 32];
 const NOW: Duration = Duration::from_secs(1);
 /// Messages made (untimed) per timed decrypt batch; 64 * 1452 B stays in L2.
 const DECRYPT_BATCH: usize = 64;
-/// Batch sizes of the helper-thread benchmark.
-const BATCHES: [usize; 2] = [64, 256];
 
 fn keypairs() -> (Keypair, Keypair) {
     let a = Zeroizing::new(KEY_A);
@@ -109,21 +101,6 @@ fn timed_decrypt_batch(send: &Keypair, recv: &Keypair, batch: &mut [Vec<u8>]) ->
         black_box(range);
     }
     start.elapsed()
-}
-
-/// Seals a batch as the data plane does: counters for the whole batch first,
-/// then chunks on the caller and the pool's helpers.
-fn seal_batch(pool: &CryptoPool, kp: &Keypair, batch: &mut [Vec<u8>]) {
-    let counters = kp.next_counters(batch.len(), NOW).expect("counters");
-    pool.for_each_chunk(batch, |offset, chunk| {
-        for (k, buf) in chunk.iter_mut().enumerate() {
-            let counter = counters.start + (offset + k) as u64;
-            black_box(
-                kp.seal_with_counter(buf, PACKET, MTU, counter)
-                    .expect("seal"),
-            );
-        }
-    });
 }
 
 /// Both ends of a handshake; the clock moves 1 s per handshake so that the
@@ -206,22 +183,6 @@ fn bench_transport(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_batch(c: &mut Criterion) {
-    let mut g = c.benchmark_group("batch");
-    let (send, _) = keypairs();
-    for size in BATCHES {
-        g.throughput(Throughput::Bytes((PACKET * size) as u64));
-        let mut batch = vec![packet_buffer(); size];
-        for helpers in [0, 1] {
-            let pool = CryptoPool::with_helpers("bench", helpers).expect("pool");
-            g.bench_function(format!("seal_{size}x1420_helpers_{helpers}"), |b| {
-                b.iter(|| seal_batch(&pool, &send, &mut batch))
-            });
-        }
-    }
-    g.finish();
-}
-
 fn bench_handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("handshake");
     g.throughput(Throughput::Elements(1));
@@ -230,7 +191,7 @@ fn bench_handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_transport, bench_batch, bench_handshake);
+criterion_group!(benches, bench_transport, bench_handshake);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -285,19 +246,6 @@ fn summary() {
             .collect(),
     );
 
-    let pools = [0, 1].map(|h| CryptoPool::with_helpers("bench", h).expect("pool"));
-    let batch_ns = BATCHES.map(|size| {
-        let mut batch = vec![packet_buffer(); size];
-        let (mut alone, mut helped) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            for (pool, out) in pools.iter().zip([&mut alone, &mut helped]) {
-                let per_batch = ns_per(PACKETS / size, || seal_batch(pool, &send, &mut batch));
-                out.push(per_batch / size as f64);
-            }
-        }
-        (size, median(alone), median(helped))
-    });
-
     let mut pair = HandshakePair::new();
     let handshake_ns = median(
         (0..5)
@@ -322,12 +270,6 @@ fn summary() {
         handshake_ns / 1e3,
         1e9 / handshake_ns
     );
-    for (size, alone, helped) in batch_ns {
-        println!(
-            "  {size:3}-packet batch seal, alone / with 1 helper:  {alone:8.1} / {helped:.1} ns/packet  speed-up {:.2}x",
-            alone / helped
-        );
-    }
     let verdict = if ratio >= 0.9 { "ok" } else { "BELOW TARGET" };
     println!(
         "SUMMARY: encrypt throughput wgpy/ring = {ratio:.3} (target >= 0.90, {verdict}); handshakes/s = {:.0}",

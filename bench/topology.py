@@ -35,6 +35,8 @@ class Config:
     label: str
     sender: str | None  # implementation on side a; None: raw veth, no tunnel
     receiver: str | None
+    # Environment of both daemons (a wgpy variant: --wgpy-variant).
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def tunnel(self) -> bool:
@@ -64,6 +66,27 @@ BASELINES = (HEAD_HEAD.key, WGGO_WGGO.key)
 SUBJECT = WGPY_WGPY.key  # the targets are about this one
 
 
+def add_variant(spec: str) -> Config:
+    """Registers a wgpy↔wgpy configuration whose daemons run with extra
+    environment variables, from `NAME:VAR=VALUE[,VAR=VALUE...]` (e.g.
+    `q2:WGPY_QUEUES=2`, or `base:PYTHONPATH=/path/to/another/site-packages`
+    to measure another build in the same run); its key is `wgpy-NAME`."""
+    name, _, assignments = spec.partition(":")
+    env = []
+    for item in filter(None, (a.strip() for a in assignments.split(","))):
+        var, eq, value = item.partition("=")
+        if not eq or not var:
+            raise ValueError(f"--wgpy-variant {spec!r}: {item!r} is not VAR=VALUE")
+        env.append((var, value))
+    if not env:
+        raise ValueError(f"--wgpy-variant {spec!r}: give NAME:VAR=VALUE[,VAR=VALUE...]")
+    if not name.isidentifier() or f"wgpy-{name}" in BY_KEY:
+        raise ValueError(f"--wgpy-variant {spec!r}: bad or duplicate name {name!r}")
+    config = Config(f"wgpy-{name}", f"wgpy↔wgpy ({name})", WGPY, WGPY, tuple(env))
+    BY_KEY[config.key] = config
+    return config
+
+
 def missing_programs(config: Config) -> list[str]:
     return [p for p in config.programs() if shutil.which(p) is None]
 
@@ -91,7 +114,9 @@ def build(lab: NetnsLab, config: Config) -> Setup:
         a, b = lab.namespace(), lab.namespace()
         veth = lab.veth(a, b, [f"{OUTER_V4[0]}/24"], [f"{OUTER_V4[1]}/24"])
         return Setup(config, lab, a, b, OUTER_V4[1], {}, None, veth.a_ifname, veth.b_ifname)
-    pair = make_pair(lab, config.sender, config.receiver, log_level=DAEMON_LOG_LEVEL)
+    pair = make_pair(
+        lab, config.sender, config.receiver, log_level=DAEMON_LOG_LEVEL, env=dict(config.env)
+    )
     daemons = {"sender": pair.a.process.pid, "receiver": pair.b.process.pid}
     return Setup(
         config, lab, pair.a.ns, pair.b.ns, INNER_V4[1], daemons, pair, pair.a.iface, pair.b.iface

@@ -475,6 +475,22 @@ def test_command_line_options():
         cli.options_from(cli.parse_args(["--only", "tcp9"]))
 
 
+def test_wgpy_variants_carry_their_environment_to_both_daemons(monkeypatch):
+    monkeypatch.setattr(topology, "BY_KEY", dict(topology.BY_KEY))  # registered for this test
+    options = cli.options_from(
+        cli.parse_args(
+            ["--configs", "wgpy-wgpy", "--wgpy-variant", "q2w1:WGPY_QUEUES=2,WGPY_CRYPTO_THREADS=1"]
+        )
+    )
+    assert [c.key for c in options.configs] == ["wgpy-wgpy", "wgpy-q2w1"]
+    variant = options.configs[1]
+    assert (variant.sender, variant.receiver) == (topology.WGPY, topology.WGPY)
+    assert variant.env == (("WGPY_QUEUES", "2"), ("WGPY_CRYPTO_THREADS", "1"))
+    for bad in ("q2", "q 2:WGPY_QUEUES=2", "wgpy:WGPY_QUEUES=2"):
+        with pytest.raises(ValueError):
+            cli.options_from(cli.parse_args(["--wgpy-variant", bad]))
+
+
 # --- in namespaces -----------------------------------------------------------------
 
 

@@ -256,7 +256,7 @@ def test_a_panicking_data_plane_thread_ends_the_daemon(netns_lab: NetnsLab) -> N
     log line naming the thread and a non-zero exit status; it never leaves a
     daemon that silently stopped forwarding."""
     a, b, _ = two_hosts(netns_lab)
-    node = wgpy_node(netns_lab, a, env={"WGPY_TEST_PANIC_THREAD": "wgpy-udp0"})
+    node = wgpy_node(netns_lab, a, env={"WGPY_TEST_PANIC_THREAD": "wgpy-lane0"})
     peer = ScriptedPeer.bind(b, B_V4, 51900)
     node.set_peer(peer.public_key, [f"{B_TUN}/32"], endpoint=peer.address)
     peer.initiate(node.public_key, (A_V4, PORT))  # wakes the receive thread
@@ -265,7 +265,7 @@ def test_a_panicking_data_plane_thread_ends_the_daemon(netns_lab: NetnsLab) -> N
         time.sleep(0.05)
     assert not node.process.alive(), "the daemon survived a panicking thread"
     assert node.process.popen.returncode != 0
-    assert "wgpy-udp0" in node.process.log(), node.process.log()
+    assert "wgpy-lane0" in node.process.log(), node.process.log()
 
 
 # --- 7. handshake messages without a valid mac1 ------------------------------------------

@@ -1,8 +1,9 @@
-"""Encryption and decryption on helper threads (WGPY_CRYPTO_THREADS): the
-helpers really take part, and packets still leave and arrive in order.
+"""Encryption and decryption on the crypto pipeline's workers
+(WGPY_CRYPTO_THREADS; rust/src/datapath/pipeline.rs): the workers really
+take part, and packets still leave and arrive in order.
 
-The default is no helpers, so this is the test that exercises the threaded
-path."""
+The default is no workers, so this is the test that exercises the pipeline
+with one lane (tests/test_queues.py: with several)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def test_helpers_work_and_keep_packet_order(netns_lab: NetnsLab) -> None:
         assert "crypto helper threads: 2" in node.process.log(), node.process.log()
         assert len(helper_cpu_ns(node)) == 2
 
-    # Bursts of numbered datagrams fill batches large enough to be split
-    # over the helpers; the receiver must see them in the order sent.
+    # Bursts of numbered datagrams fill batches that the two workers seal
+    # side by side; the receiver must see them in the order sent.
     rx = pair.b.ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
     rx.bind((INNER_V4[1], PORT))

@@ -49,7 +49,7 @@ def assert_least_privilege(pid: int, caps: int = CAP_NET_ADMIN) -> None:
         assert int(s["CapInh"], 16) == 0 and int(s["CapAmb"], 16) == 0, s["Name"]
         assert s["NoNewPrivs"] == "1", s["Name"]
     # The data plane's threads are among them: they started after the drop.
-    assert {"wgpy-tun", "wgpy-handshake"} <= names, names
+    assert {"wgpy-lane0", "wgpy-handshake"} <= names, names
 
 
 def test_user_nobody_keeps_only_net_admin_and_carries_traffic(netns_lab: NetnsLab) -> None:

@@ -44,7 +44,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from wgpy._core import Datapath, PeerState, PresharedKey, PrivateKey, PublicKey
+from wgpy._core import (
+    Datapath,
+    PeerState,
+    PresharedKey,
+    PrivateKey,
+    PublicKey,
+    data_plane_queues,
+)
 from wgpy.endpoints import Endpoints, candidates
 from wgpy.events import DeviceEvent, Subscribers
 from wgpy.handover import Handover, HandoverReport, enabled_by_default
@@ -180,7 +187,7 @@ class Device:
 
     def _open_inside(self) -> None:
         """Creates the TUN interface."""
-        self._tun = Tun.create(self.name, self._mtu)
+        self._tun = Tun.create(self.name, self._mtu, queues=data_plane_queues())
         self.name = self._tun.name
 
     def _close_inside(self) -> None:
@@ -221,12 +228,12 @@ class Device:
             self.closed.set()
 
     def _open_datapath(self) -> None:
-        sockets = open_udp_sockets(self._listen_port, self._fwmark)
+        sockets = open_udp_sockets(self._listen_port, self._fwmark, data_plane_queues())
         try:
             if self._before_start is not None:
                 self._before_start()
-            # Threads start from here on (the crypto helpers with the data
-            # plane, a receive thread per socket).
+            # The data plane's threads (lanes, crypto workers, handshakes)
+            # start with datapath.start(), after this.
             self._datapath = self._new_datapath()
         except BaseException:
             for s in sockets:
@@ -237,9 +244,10 @@ class Device:
         inside = self._start_inside()
         self._datapath.start()
         log.info(
-            "%s: data plane started (%s, crypto helper threads: %d)",
+            "%s: data plane started (%s, queues: %d, crypto helper threads: %d)",
             self.name,
             inside,
+            self._datapath.queues,
             self._datapath.crypto_helpers,
         )
 
@@ -323,7 +331,7 @@ class Device:
         return self._fwmark
 
     def _bind(self, port: int) -> None:
-        self._use_sockets(open_udp_sockets(port, self._fwmark))
+        self._use_sockets(open_udp_sockets(port, self._fwmark, data_plane_queues()))
 
     def _use_sockets(self, sockets: list[socket.socket]) -> None:
         """Hands `sockets` to the data plane (or closes them if it refuses)."""

@@ -6,6 +6,11 @@
 - One UDP port serves IPv4 and IPv6: two sockets (the kernel and
   wireguard-go do the same) bound to the same port, IPV6_V6ONLY on the v6 one,
   7 MiB buffers like wireguard-go, and SO_MARK when a fwmark is set.
+- With several data-plane lanes (wgpy._core.data_plane_queues(), see
+  rust/src/datapath/lanes.rs) the TUN device is multi-queue (the data plane
+  opens the further queues itself) and each family gets one socket per lane,
+  an SO_REUSEPORT group: the first is bound without SO_REUSEPORT, so a port
+  in use is refused as usual, and joins the group once bound.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -94,7 +100,7 @@ class Tun:
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
-    def create(cls, name: str, mtu: int = DEFAULT_MTU) -> Tun:
+    def create(cls, name: str, mtu: int = DEFAULT_MTU, queues: int = 1) -> Tun:
         if not valid_interface_name(name):
             raise TunError(errno.EINVAL, f"invalid interface name {name!r}")
         try:
@@ -103,6 +109,8 @@ class Tun:
             raise TunError(e.errno, f"cannot open /dev/net/tun: {e.strerror}") from None
         offload = os.environ.get(OFFLOAD_ENV, "1") != "0"
         flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+        if queues > 1:
+            flags |= IFF_MULTI_QUEUE
         try:
             ifr = struct.pack("16sH22x", name.encode(), flags)
             res = fcntl.ioctl(fd, TUNSETIFF, ifr)
@@ -192,40 +200,55 @@ def set_fwmark(sockets: list[socket.socket], fwmark: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
 
 
-def open_udp_sockets(port: int, fwmark: int = 0) -> list[socket.socket]:
-    """Binds an IPv4 and (if the host has IPv6) an IPv6 socket to one port.
+def open_udp_sockets(port: int, fwmark: int = 0, count: int = 1) -> list[socket.socket]:
+    """Binds `count` IPv4 and (if the host has IPv6) as many IPv6 sockets to
+    one port, returned in lane order: [v4, v6, v4, v6, ...] (or only v4s).
 
     With port 0 the kernel picks the IPv4 port and the IPv6 socket takes the
     same; if that port is taken for IPv6 the pair is retried.
     """
     last_error: OSError | None = None
     for _ in range(10):
-        v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        v4 = _bound(socket.AF_INET, "0.0.0.0", port, fwmark, count)
+        chosen = v4[0].getsockname()[1]
         try:
-            _tune(v4, fwmark)
-            v4.bind(("0.0.0.0", port))
+            v6 = _bound(socket.AF_INET6, "::", chosen, fwmark, count)
         except OSError as e:
-            v4.close()
-            raise e
-        chosen = v4.getsockname()[1]
-        try:
-            v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        except OSError:
-            return [v4]
-        try:
-            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            _tune(v6, fwmark)
-            v6.bind(("::", chosen))
-        except OSError as e:
-            v6.close()
-            if e.errno == errno.EADDRNOTAVAIL:
-                return [v4]
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return v4  # no IPv6 here
+            for s in v4:
+                s.close()
             if port == 0 and e.errno == errno.EADDRINUSE:
-                v4.close()
                 last_error = e
                 continue
-            v4.close()
             raise
-        return [v4, v6]
+        return [s for pair in zip(v4, v6, strict=True) for s in pair]
     assert last_error is not None
     raise last_error
+
+
+def _bound(
+    family: socket.AddressFamily, host: str, port: int, fwmark: int, count: int
+) -> list[socket.socket]:
+    """`count` sockets of `family` bound to `port`, an SO_REUSEPORT group
+    when more than one."""
+    sockets: list[socket.socket] = []
+    try:
+        for i in range(count):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(s)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _tune(s, fwmark)
+            if i > 0:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            if i == 0 and count > 1:
+                # Bound alone first: a port another program holds is refused.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                port = s.getsockname()[1]
+    except OSError:
+        for s in sockets:
+            s.close()
+        raise
+    return sockets

@@ -48,6 +48,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(functions::message_type, m)?)?;
     m.add_function(wrap_pyfunction!(functions::receiver_index, m)?)?;
     m.add_function(wrap_pyfunction!(functions::inner_packet_len, m)?)?;
+    m.add_function(wrap_pyfunction!(python::datapath::data_plane_queues, m)?)?;
     errors::register(m)?;
     constants::register(m)?;
     Ok(())

@@ -2,15 +2,17 @@
 //! encrypt come from. Everything else (routing, cryptography, handshakes,
 //! roaming, holding, counters) is the same whichever inside a device has.
 //!
-//! - `Inside::Tun`: a TUN device. `wgpy-tun` (tx.rs) reads it; the receive
-//!   threads (rx.rs) write to it, through the coalescer with offloads.
+//! - `Inside::Tun`: a TUN device, one or more queues (a multi-queue device
+//!   has one per lane). Each lane (lanes.rs) reads its queue (tx.rs) and
+//!   writes what it receives to it (rx.rs), through the coalescer with
+//!   offloads.
 //! - `Inside::Stack`: a userspace network stack (crate::netstack). The
 //!   receive threads hand it each decrypted, source-checked packet
 //!   (`PacketSink::deliver`) and say when a receive batch ends
 //!   (`PacketSink::batch_done`), so the stack is woken once per batch; the
 //!   stack's own thread sends through an `InsideSender`, which takes the
-//!   same path as a TUN read (tx.rs `route_and_send`). There is no `wgpy-tun`
-//!   thread then.
+//!   same routing, sealing and sending as a TUN read (tx.rs
+//!   `route_and_send`). The lanes then serve only their sockets.
 //! - A sink never blocks a receive thread: a full stack drops the packet
 //!   (TCP retransmits it), as a full TUN queue does.
 
@@ -32,7 +34,8 @@ pub trait PacketSink: Send + Sync {
 
 /// The device's inside (see the module notes).
 pub(crate) enum Inside {
-    Tun(OwnedFd),
+    /// The TUN device's queues, the caller's first.
+    Tun(Vec<OwnedFd>),
     Stack(Arc<dyn PacketSink>),
 }
 
@@ -41,8 +44,16 @@ impl Inside {
     /// TUN paths (a write there would fail with EBADF and be counted).
     pub(crate) fn tun_fd(&self) -> RawFd {
         match self {
-            Inside::Tun(fd) => fd.as_raw_fd(),
+            Inside::Tun(queues) => queues.first().map_or(-1, |q| q.as_raw_fd()),
             Inside::Stack(_) => -1,
+        }
+    }
+
+    /// The TUN device's queues (none for a stack).
+    pub(crate) fn tun_queues(&self) -> &[OwnedFd] {
+        match self {
+            Inside::Tun(queues) => queues,
+            Inside::Stack(_) => &[],
         }
     }
 

@@ -3,18 +3,53 @@
 //! and runs the handshakes, in native threads, never calling into Python.
 //!
 //! Threads (thread.rs: a thread that panics takes the process down):
-//! - `wgpy-tun` (tx.rs): TUN -> longest-prefix match on the destination ->
-//!   the peer's current keypair -> UDP to its endpoint, from its sticky
-//!   source address. No usable keypair: stage the packets and ask for an
-//!   initiation.
-//! - `wgpy-udpN` (rx.rs), one per socket: handshake messages (mac1 checked)
-//!   to the handshake thread; transport messages -> keypair by receiver
-//!   index -> decrypt (replay window after the tag) -> roam the endpoint ->
-//!   key confirmation -> the inner source must route back to the same peer
-//!   (longest-prefix match) -> TUN.
+//! - `wgpy-laneN` (lanes.rs), the I/O threads, one per lane: a lane is one
+//!   queue of the TUN device and one UDP socket per address family, served
+//!   in both directions by one thread. Send (tx.rs): TUN -> longest-prefix
+//!   match on the destination -> the peer's current keypair -> seal -> UDP
+//!   to its endpoint, from its sticky source address; no usable keypair:
+//!   stage the packets and ask for an initiation. Receive (rx.rs):
+//!   handshake messages (mac1 checked) to the handshake thread; transport
+//!   messages -> keypair by receiver index -> open (replay window after the
+//!   tag) -> roam the endpoint -> key confirmation -> the inner source must
+//!   route back to the same peer (longest-prefix match) -> TUN.
+//! - `wgpy-cryptoN` (pipeline.rs), none by default: persistent workers that
+//!   seal and open whole batches the lanes hand over, then send or deliver
+//!   them in order.
 //! - `wgpy-handshake` (handshake.rs): consumes initiations, responses and
 //!   cookie replies, answers them, sends initiations on request, and makes
 //!   the control plane's sends (keepalives, staged packets).
+//!
+//! Scaling over cores (how many lanes and workers: scaling.rs):
+//! - Lanes spread the I/O and the crypto by flow and by peer. With
+//!   `WGPY_QUEUES=N` (N > 1) the control plane opens the TUN device with
+//!   IFF_MULTI_QUEUE and N sockets per family on the listen port, an
+//!   SO_REUSEPORT group (python/wgpy/tun.py); the data plane opens the other
+//!   N - 1 queues itself (`Datapath::new`). The kernel hashes each flow
+//!   read from the TUN device to a queue, and each sender's address to one
+//!   socket of the group, so many flows and many peers use every lane, with
+//!   no hand-over between threads at all.
+//! - The pipeline spreads even one flow of one peer: with
+//!   `WGPY_CRYPTO_THREADS=W`, a lane reads and routes a batch, takes each
+//!   peer's send counters, and hands the batch to the workers; it goes back
+//!   to reading at once. Workers stay busy while batches keep coming (they
+//!   sleep only on an empty queue), instead of being woken and joined per
+//!   batch as the helper pool before them was.
+//! - Order: a peer's datagrams leave in send-counter order whichever lane
+//!   read them and whichever thread sealed them: each run of a batch takes
+//!   its counters and a ticket of the peer's send order under one lock, and
+//!   sealed runs are sent in ticket order (sequence.rs). Received batches
+//!   are delivered in the order their lane received them (a peer's
+//!   datagrams come to one socket of the group, so to one lane).
+//! - Memory and back-pressure: each lane owns a few batch buffers
+//!   (recycle.rs) that come back when the work is done; a lane with all of
+//!   them out waits for one, so the queue to the workers never grows past
+//!   them.
+//! - Defaults: one lane and no workers on machines of up to two cores,
+//!   where every core is already busy with the sender, the receiver and
+//!   the kernel, and hand-overs only add work (measured: bench/README.md,
+//!   "Scaling over cores"); above that a lane per two cores, up to 8 (not
+//!   yet measured on a larger machine; scaling.rs).
 //!
 //! Who owns what (one owner each):
 //! - Here: receiver indices (index.rs), keypairs (keypairs.rs), handshake
@@ -43,10 +78,14 @@ mod hold;
 mod index;
 mod inside;
 mod keypairs;
+mod lanes;
 pub mod offload;
 mod peer;
-pub mod pool;
+pub mod pipeline;
+pub mod recycle;
 mod rx;
+pub mod scaling;
+pub mod sequence;
 mod staged;
 mod stats;
 mod sys;
@@ -55,7 +94,7 @@ mod tx;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -78,7 +117,9 @@ use events::EventQueue;
 use handshake::{DeviceIdentity, Handshakes};
 use index::IndexTable;
 use inside::Inside;
+use lanes::Lane;
 use peer::Peer;
+use pipeline::{Job, Pipeline, Workers};
 use stats::DeviceCounters;
 use thread::Worker;
 
@@ -123,10 +164,28 @@ pub(crate) struct UdpSocket {
     gro: bool,
 }
 
+/// The UDP sockets, per address family: one per lane (an SO_REUSEPORT
+/// group on one port), or a single one.
 #[derive(Default)]
 struct Sockets {
-    v4: Option<Arc<UdpSocket>>,
-    v6: Option<Arc<UdpSocket>>,
+    v4: Vec<Arc<UdpSocket>>,
+    v6: Vec<Arc<UdpSocket>>,
+}
+
+/// Work for the crypto pipeline (pipeline.rs): a batch to seal and send, or
+/// to open and deliver.
+pub(crate) enum DataJob {
+    Seal(tx::SealJob),
+    Open(rx::OpenJob),
+}
+
+impl Job for DataJob {
+    fn run(self) {
+        match self {
+            DataJob::Seal(job) => job.run(),
+            DataJob::Open(job) => job.run(),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -149,8 +208,8 @@ pub(crate) struct Shared {
     udp_offload: bool,
     /// Hold a peer's packets when no path to it exists (hold.rs).
     hold_unreachable: AtomicBool,
-    /// Helper threads for sealing and opening large batches (pool.rs).
-    pool: pool::CryptoPool,
+    /// Sealing and opening beside the lanes (pipeline.rs).
+    pipeline: Pipeline<DataJob>,
 }
 
 impl Shared {
@@ -169,12 +228,15 @@ impl Shared {
         read(&self.peers).values().cloned().collect()
     }
 
-    fn socket_for(&self, dst: &SocketAddr) -> Option<Arc<UdpSocket>> {
+    /// The socket of `dst`'s family that `lane` sends from (any socket of
+    /// a group sends from the same port).
+    fn socket_for(&self, dst: &SocketAddr, lane: usize) -> Option<Arc<UdpSocket>> {
         let s = read(&self.sockets);
-        match dst {
-            SocketAddr::V4(_) => s.v4.clone(),
-            SocketAddr::V6(_) => s.v6.clone(),
-        }
+        let family = match dst {
+            SocketAddr::V4(_) => &s.v4,
+            SocketAddr::V6(_) => &s.v6,
+        };
+        family.get(lane % family.len().max(1)).cloned()
     }
 
     fn tun_fd(&self) -> RawFd {
@@ -211,9 +273,9 @@ pub struct PeerSnapshot {
 
 #[derive(Default)]
 struct Threads {
-    tun: Option<Worker>,
     handshake: Option<Worker>,
-    rx: Vec<Worker>,
+    crypto: Option<Workers<DataJob>>,
+    lanes: Vec<Worker>,
 }
 
 pub struct Datapath {
@@ -222,7 +284,9 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Takes a copy of the TUN descriptor (the caller keeps its own).
+    /// Takes a copy of the TUN descriptor (the caller keeps its own); when
+    /// the device is multi-queue (IFF_MULTI_QUEUE) and more than one lane is
+    /// configured (scaling.rs), opens a queue for each further lane.
     /// `vnet_hdr`: the TUN device was opened with IFF_VNET_HDR, so every
     /// read and write carries a virtio-net header (and reads may be GSO
     /// packets). `udp_offload`: the device also accepted UDP segmentation
@@ -230,21 +294,41 @@ impl Datapath {
     pub fn new(tun_fd: RawFd, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> Result<Self> {
         let tun = sys::dup(tun_fd)?;
         sys::set_nonblocking(tun.as_fd())?;
-        Self::with_inside(Inside::Tun(tun), mtu, vnet_hdr, udp_offload)
+        let queues = Self::open_queues(&tun, scaling::get().queues)?;
+        let queues = std::iter::once(tun).chain(queues).collect();
+        Self::with_inside(Inside::Tun(queues), mtu, vnet_hdr, udp_offload)
+    }
+
+    /// The further queues of a multi-queue TUN device, up to `lanes` in all;
+    /// none for a single-queue device.
+    fn open_queues(tun: &OwnedFd, lanes: usize) -> Result<Vec<OwnedFd>> {
+        let Ok((name, flags)) = sys::tun_name_and_flags(tun.as_fd()) else {
+            return Ok(Vec::new()); // not a TUN device (tests use /dev/null)
+        };
+        if flags & libc::IFF_MULTI_QUEUE == 0 {
+            return Ok(Vec::new());
+        }
+        // IFF_PERSIST is reported, not requested.
+        let flags = flags & !libc::IFF_PERSIST;
+        (1..lanes)
+            .map(|_| sys::tun_open_queue(&name, flags).map_err(DatapathError::from))
+            .collect()
     }
 
     /// A data plane whose inside is a userspace stack (inside.rs): there is
-    /// no TUN device and no `wgpy-tun` thread; the stack sends through
-    /// `sender()`.
+    /// no TUN device, and the lanes serve only their sockets; the stack
+    /// sends through `sender()`.
     pub fn with_stack(sink: Arc<dyn PacketSink>, mtu: usize) -> Result<Self> {
         Self::with_inside(Inside::Stack(sink), mtu, false, false)
     }
 
     fn with_inside(inside: Inside, mtu: usize, vnet_hdr: bool, udp_offload: bool) -> Result<Self> {
-        let (pool, notice) = pool::CryptoPool::from_env("wgpy-crypto");
+        let scaling = scaling::get();
         let events = EventQueue::new()?;
-        if let Some(message) = notice {
-            events.push(Event::Notice { message });
+        for message in &scaling.notices {
+            events.push(Event::Notice {
+                message: message.clone(),
+            });
         }
         Ok(Self {
             shared: Arc::new(Shared {
@@ -262,14 +346,13 @@ impl Datapath {
                 hold_unreachable: AtomicBool::new(false),
                 vnet_hdr,
                 udp_offload: vnet_hdr && udp_offload,
-                pool,
+                pipeline: Pipeline::new(scaling.workers),
             }),
             threads: Mutex::new(Threads::default()),
         })
     }
 
-    /// Starts the TUN and handshake threads (the receive threads start with
-    /// their sockets).
+    /// Starts the handshake thread, the crypto workers and the lanes.
     pub fn start(&self) -> Result<()> {
         let mut threads = lock(&self.threads);
         if threads.handshake.is_none() {
@@ -277,49 +360,77 @@ impl Datapath {
             threads.handshake = Some(Worker::spawn("wgpy-handshake", move |stop, faults| {
                 handshake::handshake_loop(&shared, stop, faults)
             })?);
-            if self.shared.inside.stack().is_some() {
-                return Ok(());
-            }
-            let shared = self.shared.clone();
-            threads.tun = Some(Worker::spawn("wgpy-tun", move |stop, faults| {
-                tx::tun_loop(&shared, stop, faults)
-            })?);
+            threads.crypto = Some(self.shared.pipeline.start("wgpy-crypto")?);
+            self.start_lanes(&mut threads)?;
         }
         Ok(())
     }
 
-    /// Stops every thread and waits for them.
+    /// Stops every thread and waits for them: the lanes first, so the
+    /// workers finish every batch the lanes handed over.
     pub fn stop(&self) {
         let mut threads = lock(&self.threads);
-        let all = [threads.tun.take(), threads.handshake.take()];
-        for w in all.into_iter().flatten().chain(threads.rx.drain(..)) {
+        for w in threads.lanes.drain(..) {
+            w.stop();
+        }
+        if let Some(crypto) = threads.crypto.take() {
+            crypto.stop();
+        }
+        if let Some(w) = threads.handshake.take() {
             w.stop();
         }
     }
 
-    /// Replaces the UDP sockets (copies of the caller's descriptors): the
-    /// receive threads of the old ones stop first.
+    /// Replaces the UDP sockets (copies of the caller's descriptors, in
+    /// lane order within each family); running lanes restart with them.
     pub fn set_sockets(&self, fds: &[RawFd]) -> Result<()> {
         let mut new = Sockets::default();
         for &fd in fds {
             let (family, sock) = self.udp_socket(fd)?;
             if family == libc::AF_INET {
-                new.v4 = Some(sock);
+                new.v4.push(sock);
             } else {
-                new.v6 = Some(sock);
+                new.v6.push(sock);
             }
         }
         let mut threads = lock(&self.threads);
-        for w in threads.rx.drain(..) {
+        let running = threads.handshake.is_some();
+        for w in threads.lanes.drain(..) {
             w.stop();
         }
-        let to_start: Vec<Arc<UdpSocket>> = new.v4.iter().chain(new.v6.iter()).cloned().collect();
         *write(&self.shared.sockets) = new;
-        for (i, sock) in to_start.into_iter().enumerate() {
+        if running {
+            self.start_lanes(&mut threads)?;
+        }
+        Ok(())
+    }
+
+    /// One lane per TUN queue or per socket of a family, whichever are more.
+    fn start_lanes(&self, threads: &mut Threads) -> Result<()> {
+        let queues = self.shared.inside.tun_queues();
+        let lanes = {
+            let sockets = read(&self.shared.sockets);
+            let count = queues.len().max(sockets.v4.len()).max(sockets.v6.len());
+            (0..count)
+                .map(|i| Lane {
+                    index: i,
+                    tun: queues.get(i).map(|q| q.as_raw_fd()),
+                    sockets: sockets
+                        .v4
+                        .get(i)
+                        .into_iter()
+                        .chain(sockets.v6.get(i))
+                        .cloned()
+                        .collect(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let count = lanes.len();
+        for lane in lanes {
             let shared = self.shared.clone();
-            threads.rx.push(Worker::spawn(
-                &format!("wgpy-udp{i}"),
-                move |stop, faults| rx::udp_loop(&shared, &sock, stop, faults),
+            threads.lanes.push(Worker::spawn(
+                &format!("wgpy-lane{}", lane.index),
+                move |stop, faults| lanes::lane_loop(&shared, lane, count, stop, faults),
             )?);
         }
         Ok(())
@@ -362,9 +473,16 @@ impl Datapath {
         InsideSender::new(self.shared.clone())
     }
 
-    /// Helper threads sealing and opening large batches besides the I/O threads.
+    /// Crypto pipeline workers sealing and opening beside the lanes.
     pub fn crypto_helpers(&self) -> usize {
-        self.shared.pool.helpers()
+        self.shared.pipeline.workers()
+    }
+
+    /// The lanes: TUN queues, or sockets per family, whichever are more.
+    pub fn queues(&self) -> usize {
+        let sockets = read(&self.shared.sockets);
+        let queues = self.shared.inside.tun_queues().len();
+        queues.max(sockets.v4.len()).max(sockets.v6.len()).max(1)
     }
 
     /// The interface's MTU, which padding never exceeds (the control plane

@@ -15,6 +15,9 @@
 //! - "Event pending": at most one notification of this peer waits in the
 //!   event queue; the control plane re-reads everything about the peer when
 //!   it takes it, so further ones would add nothing.
+//! - Send order: data read from the TUN device goes out in the order its
+//!   send counters were taken, whichever lane or worker sealed it
+//!   (sequence.rs, tx.rs).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +31,9 @@ use super::activity::Activity;
 use super::endpoint::PeerEndpoint;
 use super::events::{Event, EventQueue};
 use super::keypairs::Keypairs;
+use super::sequence::Sequencer;
 use super::staged::Staged;
+use super::tx::Sealed;
 use super::PeerId;
 use crate::sync::lock;
 
@@ -46,6 +51,7 @@ pub struct Peer {
     flush_queued: AtomicBool,
     sent_lastminute_handshake: AtomicBool,
     event_pending: AtomicBool,
+    send_order: Sequencer<Sealed, ()>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -67,6 +73,7 @@ impl Peer {
             flush_queued: AtomicBool::new(false),
             sent_lastminute_handshake: AtomicBool::new(false),
             event_pending: AtomicBool::new(false),
+            send_order: Sequencer::new(()),
         }
     }
 
@@ -92,6 +99,10 @@ impl Peer {
 
     pub fn activity(&self) -> &Activity {
         &self.activity
+    }
+
+    pub(crate) fn send_order(&self) -> &Sequencer<Sealed, ()> {
+        &self.send_order
     }
 
     pub fn handshake(&self) -> MutexGuard<'_, Handshake> {

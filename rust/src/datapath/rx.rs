@@ -16,11 +16,19 @@
 //!   the rekey check once per keypair, roaming only when the source differs
 //!   from the last packet's, activity added up per run of one keypair, the
 //!   allowed-IPs table read-locked once, the last route remembered.
+//! - A lane (lanes.rs) receives a batch into buffers it owns (recycle.rs),
+//!   passes the handshake messages on, looks the keypairs up and hands the
+//!   batch to the crypto pipeline (pipeline.rs) with a ticket of the lane's
+//!   receive order (sequence.rs). Opened batches are accepted and delivered
+//!   in ticket order, one thread at a time, through the lane's coalescer
+//!   into the lane's TUN queue: a peer's packets (one source address, so one
+//!   socket of the port's group, so one lane) reach the inside in the order
+//!   they arrived. With no workers the lane does it all itself, at once.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
@@ -32,109 +40,165 @@ use crate::session::{inner_packet_len, Keypair};
 use crate::sync::{read, write};
 
 use super::endpoint::Source;
-use super::events::Event;
 use super::handshake::{handshake_complete, request_initiation};
 use super::offload;
 use super::peer::Peer;
+use super::recycle::{Recycled, Recycler};
+use super::sequence::Sequencer;
 use super::stats::DeviceCounters;
-use super::sys::{self, EventFd, Readiness, RecvBatch};
-use super::thread::Faults;
-use super::{inner_source, tx, PeerId, Shared, UdpSocket, MAX_PACKET};
+use super::sys::{self, RecvBatch};
+use super::{inner_source, tx, DataJob, PeerId, Shared, UdpSocket, MAX_PACKET};
 
 const BATCH: usize = 64;
+/// Batches received per turn at most, so the lane's other work is never starved.
+const MAX_RECVS: usize = 2;
 
-pub(crate) fn udp_loop(
-    shared: &Shared,
-    sock: &Arc<UdpSocket>,
-    stop: &EventFd,
-    faults: &mut Faults,
-) {
-    let raw = sock.fd.as_raw_fd();
-    let mut batch = RecvBatch::new(BATCH, MAX_PACKET);
-    let mut coalescer = offload::Coalescer::new(shared.udp_offload);
-    loop {
-        match sys::wait_readable(raw, stop) {
-            Ok(Readiness::Readable) | Ok(Readiness::Error) => faults.woke(),
-            Ok(Readiness::Stop) => return,
-            Err(e) => return socket_error(shared, &e),
+/// A lane's receive order and what delivers in it: the coalescer and the
+/// lane's TUN queue (or the stack).
+pub(crate) type Delivery = Sequencer<OpenJob, Deliverer>;
+
+pub(crate) struct Deliverer {
+    coalescer: offload::Coalescer,
+    tun: RawFd,
+}
+
+impl Deliverer {
+    /// Delivers into the TUN queue `tun` (-1 with a userspace stack).
+    pub(crate) fn new(shared: &Shared, tun: RawFd) -> Self {
+        Self {
+            coalescer: offload::Coalescer::new(shared.udp_offload),
+            tun,
         }
-        loop {
-            let n = match batch.recv(raw) {
+    }
+}
+
+/// One of a lane's UDP sockets.
+pub(crate) struct SocketReader {
+    sock: Arc<UdpSocket>,
+    batches: Recycler<RecvBatch>,
+    delivery: Arc<Delivery>,
+}
+
+fn new_recv_batch() -> RecvBatch {
+    RecvBatch::new(BATCH, MAX_PACKET)
+}
+
+impl SocketReader {
+    /// At most `batches` batches in flight at once.
+    pub(crate) fn new(sock: Arc<UdpSocket>, delivery: Arc<Delivery>, batches: usize) -> Self {
+        Self {
+            sock,
+            batches: Recycler::new(batches, new_recv_batch),
+            delivery,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.sock.fd.as_raw_fd()
+    }
+
+    /// Receives what waits (at most MAX_RECVS batches) and hands it on;
+    /// false when nothing waited. An error means the socket is dead.
+    pub(crate) fn service(&mut self, shared: &Arc<Shared>) -> io::Result<bool> {
+        let mut any = false;
+        for _ in 0..MAX_RECVS {
+            let mut batch = self.batches.get();
+            let n = match batch.recv(self.fd()) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A dead socket ends the thread; ICMP errors (ECONNREFUSED
-                // etc.) also surface here and are not fatal.
+                // ICMP errors (ECONNREFUSED etc.) also surface here and are not fatal.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
-                    return socket_error(shared, &e)
+                    return Err(e)
                 }
                 Err(_) => break,
             };
-            receive(shared, &mut batch, n, sock.gro, &mut coalescer);
+            any |= n > 0;
+            self.hand_over(shared, batch, n);
             if n < BATCH {
                 break;
             }
         }
+        Ok(any)
     }
-}
 
-fn socket_error(shared: &Shared, e: &io::Error) {
-    shared.events.push(Event::SocketError {
-        error: e.to_string(),
-    });
-}
-
-/// Everything for one batch of datagrams.
-fn receive(
-    shared: &Shared,
-    batch: &mut RecvBatch,
-    n: usize,
-    gro: bool,
-    coalescer: &mut offload::Coalescer,
-) {
-    let now = monotonic_now();
-    let mut transport = sort_batch(shared, batch, n, gro);
-    let keys = Keys::look_up(shared, &mut transport);
-    shared.pool.for_each_chunk(&mut transport, |_, chunk| {
-        for t in chunk {
-            t.opened = open(shared, &keys, t, now);
+    /// Sorts the batch and hands its transport messages to the pipeline.
+    fn hand_over(&self, shared: &Arc<Shared>, mut batch: Recycled<RecvBatch>, n: usize) {
+        let now = monotonic_now();
+        let mut transport = sort_batch(shared, &mut batch, n, self.sock.gro);
+        if transport.is_empty() {
+            return;
         }
-    });
-    let mut accepting = Accepting::new(shared, &keys, now);
-    for t in &transport {
-        if let Some(range) = accepting.accept(t) {
-            deliver(shared, &t.msg[range], coalescer);
-        }
-    }
-    accepting.finish();
-    // Nothing waits in the coalescer across batches: latency first.
-    coalescer.flush(&mut |b: &[u8]| tun_write(shared, b));
-    if let Some(stack) = shared.inside.stack() {
-        stack.batch_done();
+        let keys = Keys::look_up(shared, &batch, &mut transport);
+        shared.pipeline.submit(DataJob::Open(OpenJob {
+            shared: shared.clone(),
+            ticket: self.delivery.ticket(),
+            delivery: self.delivery.clone(),
+            batch,
+            transport,
+            keys,
+            now,
+        }));
     }
 }
 
-/// A transport message of the batch and what opening it gave.
-struct Transport<'a> {
-    msg: &'a mut [u8],
+/// A received batch to open, then accept and deliver in the lane's order.
+pub(crate) struct OpenJob {
+    shared: Arc<Shared>,
+    delivery: Arc<Delivery>,
+    ticket: u64,
+    batch: Recycled<RecvBatch>,
+    transport: Vec<Transport>,
+    keys: Keys,
+    now: Duration,
+}
+
+impl OpenJob {
+    pub(crate) fn run(mut self) {
+        for t in &mut self.transport {
+            let msg = &mut self.batch.bufs[t.buf][t.at.clone()];
+            t.opened = open(&self.shared, &self.keys, t.key, msg, self.now);
+        }
+        let delivery = self.delivery.clone();
+        delivery.complete(self.ticket, Some(self), |d, job| job.deliver(d));
+    }
+
+    /// What follows opening, in arrival order; then the coalescer is flushed:
+    /// nothing waits in it across batches (latency first).
+    fn deliver(self, d: &mut Deliverer) {
+        let shared = &*self.shared;
+        let mut accepting = Accepting::new(shared, &self.keys, self.now);
+        for t in &self.transport {
+            let msg = &self.batch.bufs[t.buf][t.at.clone()];
+            if let Some(range) = accepting.accept(t, msg) {
+                deliver(shared, &msg[range], d);
+            }
+        }
+        accepting.finish();
+        let tun = d.tun;
+        d.coalescer.flush(&mut |b: &[u8]| tun_write(shared, tun, b));
+        if let Some(stack) = shared.inside.stack() {
+            stack.batch_done();
+        }
+    }
+}
+
+/// A transport message of the batch (`bufs[buf][at]`) and what opening it gave.
+struct Transport {
+    buf: usize,
+    at: Range<usize>,
     src: SocketAddr,
     local: Option<Source>,
     /// Its keypair in the batch's `Keys`, if the receiver index named one.
     key: Option<usize>,
-    /// The plaintext's range, once it authenticated.
+    /// The plaintext's range within the message, once it authenticated.
     opened: Option<Range<usize>>,
 }
 
 /// Splits the batch into datagrams: handshake messages go to the handshake
 /// thread at once, transport messages are returned in arrival order.
-fn sort_batch<'a>(
-    shared: &Shared,
-    batch: &'a mut RecvBatch,
-    n: usize,
-    gro: bool,
-) -> Vec<Transport<'a>> {
+fn sort_batch(shared: &Shared, batch: &mut RecvBatch, n: usize, gro: bool) -> Vec<Transport> {
     let mut transport = Vec::with_capacity(n);
-    for (buf, meta) in batch.bufs.iter_mut().zip(&batch.meta).take(n) {
+    for (i, (buf, meta)) in batch.bufs.iter_mut().zip(&batch.meta).take(n).enumerate() {
         let Some(src) = meta.src else { continue };
         let len = meta.len.min(buf.len());
         // With UDP GRO one buffer can hold a train of datagrams.
@@ -143,7 +207,7 @@ fn sort_batch<'a>(
         } else {
             len.max(1)
         };
-        for msg in buf[..len].chunks_mut(step) {
+        for (k, msg) in buf[..len].chunks_mut(step).enumerate() {
             match messages::message_type(msg) {
                 Ok(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
                     shared
@@ -151,7 +215,8 @@ fn sort_batch<'a>(
                         .receive(msg, src, meta.local, &shared.counters);
                 }
                 Ok(TYPE_TRANSPORT) => transport.push(Transport {
-                    msg,
+                    buf: i,
+                    at: k * step..k * step + msg.len(),
                     src,
                     local: meta.local,
                     key: None,
@@ -170,11 +235,11 @@ struct Keys {
 }
 
 impl Keys {
-    fn look_up(shared: &Shared, transport: &mut [Transport<'_>]) -> Self {
+    fn look_up(shared: &Shared, batch: &RecvBatch, transport: &mut [Transport]) -> Self {
         let mut found: Vec<(u32, Arc<Peer>, Arc<Keypair>)> = Vec::new();
         let indices = read(&shared.indices);
         for t in transport.iter_mut() {
-            let Ok(index) = messages::receiver_index(t.msg) else {
+            let Ok(index) = messages::receiver_index(&batch.bufs[t.buf][t.at.clone()]) else {
                 continue;
             };
             t.key = match found.iter().position(|(i, _, _)| *i == index) {
@@ -199,15 +264,16 @@ impl Keys {
 fn open(
     shared: &Shared,
     keys: &Keys,
-    t: &mut Transport<'_>,
+    key: Option<usize>,
+    msg: &mut [u8],
     now: Duration,
 ) -> Option<Range<usize>> {
     let counters = &shared.counters;
-    let Some(key) = t.key else {
+    let Some(key) = key else {
         DeviceCounters::one(&counters.rx_unknown_index);
         return None;
     };
-    match keys.get(key).1.open_in_place(t.msg, now) {
+    match keys.get(key).1.open_in_place(msg, now) {
         Ok(range) => Some(range),
         Err(Error::Replay) => {
             DeviceCounters::one(&counters.rx_replayed);
@@ -252,15 +318,15 @@ impl<'s> Accepting<'s> {
 
     /// Roaming, key confirmation, rekey request, timers; then the inner
     /// packet's range if it goes to TUN.
-    fn accept(&mut self, t: &Transport<'_>) -> Option<Range<usize>> {
+    fn accept(&mut self, t: &Transport, msg: &[u8]) -> Option<Range<usize>> {
         let (Some(range), Some(key)) = (t.opened.clone(), t.key) else {
             return None;
         };
         let (peer, _) = self.keys.get(key);
         self.roam(key, t);
         self.check_key(key);
-        let plain = &t.msg[range.clone()];
-        self.count(key, t.msg.len() as u64, !plain.is_empty());
+        let plain = &msg[range.clone()];
+        self.count(key, msg.len() as u64, !plain.is_empty());
         if plain.is_empty() {
             return None; // a keepalive
         }
@@ -276,7 +342,7 @@ impl<'s> Accepting<'s> {
         Some(range.start..range.start + len)
     }
 
-    fn roam(&mut self, key: usize, t: &Transport<'_>) {
+    fn roam(&mut self, key: usize, t: &Transport) {
         let this = Some((key, t.src, t.local));
         if self.last_roam == this {
             return;
@@ -342,20 +408,23 @@ impl<'s> Accepting<'s> {
     }
 }
 
-fn tun_write(shared: &Shared, b: &[u8]) {
-    if sys::write(shared.tun_fd(), b).is_err() {
+fn tun_write(shared: &Shared, tun: RawFd, b: &[u8]) {
+    if sys::write(tun, b).is_err() {
         DeviceCounters::one(&shared.counters.rx_tun_errors);
     }
 }
 
-/// Hands a packet to a userspace stack, or writes it to the TUN device: straight from the receive buffer
-/// without offloads, through the coalescer with them.
-fn deliver(shared: &Shared, packet: &[u8], coalescer: &mut offload::Coalescer) {
+/// Hands a packet to a userspace stack, or writes it to the lane's TUN
+/// queue: straight from the receive buffer without offloads, through the
+/// coalescer with them.
+fn deliver(shared: &Shared, packet: &[u8], d: &mut Deliverer) {
+    let tun = d.tun;
     if let Some(stack) = shared.inside.stack() {
         stack.deliver(packet);
     } else if shared.vnet_hdr {
-        coalescer.push(packet, &mut |b: &[u8]| tun_write(shared, b));
+        d.coalescer
+            .push(packet, &mut |b: &[u8]| tun_write(shared, tun, b));
     } else {
-        tun_write(shared, packet);
+        tun_write(shared, tun, packet);
     }
 }

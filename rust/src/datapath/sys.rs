@@ -1,7 +1,8 @@
 //! The system calls the data plane makes, each wrapped once with its safety
-//! argument: eventfd, poll, TUN read/write, and batched UDP I/O
-//! (recvmmsg/sendmmsg) carrying the local address in IP_PKTINFO/IPV6_PKTINFO
-//! so replies leave from the address the peer contacted.
+//! argument: eventfd, poll, TUN read/write and its queues (TUNGETIFF,
+//! TUNSETIFF), and batched UDP I/O (recvmmsg/sendmmsg) carrying the local
+//! address in IP_PKTINFO/IPV6_PKTINFO so replies leave from the address the
+//! peer contacted.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -149,6 +150,68 @@ pub fn wait_readable(fd: RawFd, stop: &EventFd) -> io::Result<Readiness> {
     }
 }
 
+/// Which of the descriptors given to `wait_any` are ready, one bit each
+/// (bit i for `fds[i]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Readable, or in error.
+    pub any: u32,
+    /// In error or hung up with nothing to read.
+    pub error_only: u32,
+}
+
+/// Waits until one of `fds` (at most 8) is readable or in error, or `stop`
+/// is signalled, for at most `timeout_ms` (-1: no limit). None: asked to stop.
+pub fn wait_any(
+    fds: &[RawFd],
+    stop: &EventFd,
+    timeout_ms: libc::c_int,
+) -> io::Result<Option<Ready>> {
+    const MAX: usize = 8;
+    let n = fds.len().min(MAX);
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut polled = [unused; MAX + 1];
+    for (p, &fd) in polled.iter_mut().zip(&fds[..n]) {
+        p.fd = fd;
+        p.events = libc::POLLIN;
+    }
+    polled[n] = libc::pollfd {
+        fd: stop.raw(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `polled` is a live array of at least n + 1 pollfd structures.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), (n + 1) as libc::nfds_t, timeout_ms) };
+        if rc >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if polled[n].revents != 0 {
+        return Ok(None);
+    }
+    let mut ready = Ready::default();
+    for (i, p) in polled[..n].iter().enumerate() {
+        if p.revents != 0 {
+            ready.any |= 1 << i;
+        }
+        if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+            && p.revents & libc::POLLIN == 0
+        {
+            ready.error_only |= 1 << i;
+        }
+    }
+    Ok(Some(ready))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Readiness {
     Readable,
@@ -190,6 +253,61 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads buf.len() bytes from buf.
     cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// struct ifreq as TUNSETIFF and TUNGETIFF use it: a name and flags.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// The interface name and TUN flags (IFF_*) of a TUN descriptor (TUNGETIFF).
+pub fn tun_name_and_flags(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, libc::c_int)> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a struct ifreq (40 bytes, the size of IfReq)
+    // into the live `req`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut req as *mut IfReq) })?;
+    let len = req
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(req.name.len());
+    Ok((req.name[..len].to_vec(), libc::c_int::from(req.flags)))
+}
+
+/// Opens another queue of the multi-queue TUN device `name` (TUNSETIFF with
+/// the device's own flags, IFF_MULTI_QUEUE among them), non-blocking.
+pub fn tun_open_queue(name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: libc::c_short::try_from(flags)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        _pad: [0; 22],
+    };
+    if name.len() >= req.name.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    req.name[..name.len()].copy_from_slice(name);
+    let path = c"/dev/net/tun";
+    // SAFETY: `path` is a NUL-terminated string; open takes no other pointer.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: TUNSETIFF reads (and may write back) a struct ifreq, which the
+    // live `req` is.
+    cvt(unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req as *mut IfReq) })?;
+    Ok(owned)
 }
 
 pub fn sockaddr_from_std(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -281,18 +399,22 @@ pub struct RecvMeta {
     pub segment: usize,
 }
 
-/// Reusable buffers for recvmmsg.
+/// Most datagrams one recvmmsg call takes (a RecvBatch's size).
+pub const RECV_MAX: usize = 64;
+
+/// Reusable buffers for recvmmsg. It holds no pointers (the message headers
+/// are built for each call), so it can be handed to another thread.
 pub struct RecvBatch {
     pub bufs: Vec<Vec<u8>>,
     pub meta: Vec<RecvMeta>,
     addrs: Vec<libc::sockaddr_storage>,
     cmsgs: Vec<CmsgBuf>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
 }
 
 impl RecvBatch {
+    /// `count` (at most RECV_MAX) buffers of `size` bytes.
     pub fn new(count: usize, size: usize) -> Self {
+        let count = count.min(RECV_MAX);
         Self {
             bufs: (0..count).map(|_| vec![0u8; size]).collect(),
             meta: vec![
@@ -304,19 +426,21 @@ impl RecvBatch {
                 };
                 count
             ],
-            // SAFETY: all-zero is a valid sockaddr_storage/iovec/mmsghdr.
+            // SAFETY: all-zero is a valid sockaddr_storage.
             addrs: vec![unsafe { zeroed() }; count],
             cmsgs: vec![CmsgBuf([0; CMSG_SPACE]); count],
-            iovs: vec![unsafe { zeroed() }; count],
-            hdrs: vec![unsafe { zeroed() }; count],
         }
     }
 
     /// Receives up to a batch without blocking; returns how many arrived.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.bufs.len();
+        // SAFETY: all-zero iovec and mmsghdr arrays are valid; the first n
+        // are filled below.
+        let mut iovs: [libc::iovec; RECV_MAX] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; RECV_MAX] = unsafe { zeroed() };
         for i in 0..n {
-            self.iovs[i] = libc::iovec {
+            iovs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: self.bufs[i].len(),
             };
@@ -325,11 +449,11 @@ impl RecvBatch {
             let mut h: libc::msghdr = unsafe { zeroed() };
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
+            h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
             h.msg_controllen = CMSG_SPACE;
-            self.hdrs[i] = libc::mmsghdr {
+            hdrs[i] = libc::mmsghdr {
                 msg_hdr: h,
                 msg_len: 0,
             };
@@ -339,14 +463,13 @@ impl RecvBatch {
         let got = cvt(unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
+                hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         })? as usize;
-        for i in 0..got {
-            let h = &self.hdrs[i];
+        for (i, h) in hdrs.iter().enumerate().take(got) {
             // SAFETY: msg_hdr was filled by the kernel for this message.
             let (local, segment) = unsafe { parse_control(&h.msg_hdr) };
             self.meta[i] = RecvMeta {

@@ -1,13 +1,14 @@
 //! The data plane's threads: named, stoppable, and fatal when they panic.
 //!
-//! - Each thread has a name (`wgpy-tun`, `wgpy-udp0`, `wgpy-handshake`) and
+//! - Each thread has a name (`wgpy-lane0`, `wgpy-crypto0`, `wgpy-handshake`) and
 //!   an eventfd that asks it to stop; `Worker::stop` signals it and joins.
 //! - A thread that panics takes the whole process down at once: Rust's panic
-//!   message names the thread ("thread 'wgpy-tun' panicked at ..."), a line
+//!   message names the thread ("thread 'wgpy-lane0' panicked at ..."), a line
 //!   of ours follows, then abort(). A daemon with a dead thread would
 //!   otherwise stay up while it silently stopped forwarding one way.
 //! - `WGPY_TEST_PANIC_THREAD=NAME` makes the thread of that name panic the
-//!   first time it wakes up for work: how the tests check the rule above.
+//!   first time it wakes up for work (a lane: for datagrams): how the tests
+//!   check the rule above.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -11,9 +11,19 @@
 //!   rate-limited and merged by the handshake thread's rules.
 //! - A full socket buffer is waited for at most SEND_PATIENCE; then the
 //!   datagrams are dropped: no sender hangs on a wedged socket.
+//! - A lane (lanes.rs) reads its TUN queue into a batch it owns (recycle.rs),
+//!   routes it, takes each peer's send counters together with a ticket of
+//!   that peer's send order (sequence.rs), and hands the batch to the crypto
+//!   pipeline (pipeline.rs; with no workers it seals the batch itself, at
+//!   once). Sealed runs go out in ticket order, so a peer's datagrams leave
+//!   in counter order whichever lane read them and whichever thread sealed
+//!   them.
+//! - A userspace stack's packets (inside.rs) are sealed and sent at once on
+//!   the stack's thread, the only thread that sends its data.
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,15 +34,14 @@ use crate::messages::TRANSPORT_HEADER_LEN;
 use crate::session::Keypair;
 
 use super::endpoint::{Endpoint, Source};
-use super::events::Event;
 use super::handshake::request_initiation;
 use super::hold;
 use super::offload;
 use super::peer::Peer;
+use super::recycle::{Recycled, Recycler};
 use super::stats::DeviceCounters;
-use super::sys::{self, EventFd, Readiness, SendError};
-use super::thread::Faults;
-use super::{inner_destination, now_ns, PeerId, Shared};
+use super::sys::{self, SendError};
+use super::{inner_destination, now_ns, DataJob, PeerId, Shared};
 use crate::sync::read;
 
 /// How long a sender waits for room in a full socket buffer before dropping.
@@ -46,52 +55,91 @@ const MAX_TSO: usize = 65536 + 256;
 /// A batch buffer: the transport header, then the largest read, then room
 /// for padding and the tag (sealing happens in place).
 const BUF_LEN: usize = TRANSPORT_HEADER_LEN + offload::VNET_HDR_LEN + MAX_TSO + 64;
-/// Reads per wake-up at most, so sending is never starved.
+/// Reads per wake-up at most, so the lane's other work is never starved.
 const MAX_READS: usize = 32;
 
 /// Packets read from the TUN device, each 16 bytes into its buffer so it is
-/// sealed where it lies. A packet read with a virtio-net header lands with
-/// the header just before it, so an ordinary packet is never copied; a GSO
-/// packet is moved aside (`gso`) and cut straight into the next buffers.
-struct Batch {
+/// sealed where it lies (`wire`: its sealed length, 0 if sealing failed).
+pub(crate) struct TxBatch {
     bufs: Vec<Vec<u8>>,
     lens: [usize; BATCH],
+    wire: [usize; BATCH],
     n: usize,
-    gso: Vec<u8>,
 }
 
-impl Batch {
-    fn new() -> Self {
+impl TxBatch {
+    pub(crate) fn new() -> Self {
         Self {
             bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect(),
             lens: [0; BATCH],
+            wire: [0; BATCH],
             n: 0,
+        }
+    }
+
+    fn push(&mut self, len: usize) {
+        self.lens[self.n] = len;
+        self.n += 1;
+    }
+}
+
+/// A lane's TUN queue: packets read with a virtio-net header land with the
+/// header just before them, so an ordinary packet is never copied; a GSO
+/// packet is read aside (`gso`) and cut straight into the batch's buffers.
+pub(crate) struct TunReader {
+    fd: RawFd,
+    lane: usize,
+    batches: Recycler<TxBatch>,
+    batch: Option<Recycled<TxBatch>>,
+    gso: Vec<u8>,
+}
+
+impl TunReader {
+    /// At most `batches` batches in flight at once.
+    pub(crate) fn new(fd: RawFd, lane: usize, batches: usize) -> Self {
+        Self {
+            fd,
+            lane,
+            batches: Recycler::new(batches, TxBatch::new),
+            batch: None,
             gso: vec![0u8; BUF_LEN],
         }
     }
 
-    /// Routes, seals and sends what the batch holds, and empties it.
-    fn send(&mut self, shared: &Shared) {
-        route_and_send(shared, &mut self.bufs[..self.n], &self.lens[..self.n]);
-        self.n = 0;
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
     }
 
-    fn make_room(&mut self, shared: &Shared) {
-        if self.n == BATCH {
-            self.send(shared);
+    /// Reads what the queue holds (at most MAX_READS packets) and sends it
+    /// on; false when there was nothing to read.
+    pub(crate) fn service(&mut self, shared: &Arc<Shared>) -> io::Result<bool> {
+        let mut any = false;
+        for _ in 0..MAX_READS {
+            if !self.read(shared)? {
+                break;
+            }
+            any = true;
         }
+        self.flush(shared);
+        Ok(any)
     }
 
-    /// Reads one packet from the TUN device into the batch; false when the
-    /// device has nothing more to read now.
-    fn read(&mut self, shared: &Shared, fd: RawFd) -> io::Result<bool> {
-        self.make_room(shared);
+    /// Hands the batch being filled to the pipeline.
+    fn flush(&mut self, shared: &Arc<Shared>) {
+        flush(&mut self.batch, shared, self.lane);
+    }
+
+    /// Reads one packet into the batch; false when the queue has nothing
+    /// more to read now.
+    fn read(&mut self, shared: &Arc<Shared>) -> io::Result<bool> {
+        let fd = self.fd;
         let at = if shared.vnet_hdr {
             TRANSPORT_HEADER_LEN - offload::VNET_HDR_LEN
         } else {
             TRANSPORT_HEADER_LEN
         };
-        let buf = &mut self.bufs[self.n];
+        let batch = room(&mut self.batch, &mut self.batches, shared, self.lane);
+        let buf = &mut batch.bufs[batch.n];
         let len = match sys::read(fd, &mut buf[at..]) {
             Ok(0) => return Ok(false),
             Ok(len) => len,
@@ -100,86 +148,75 @@ impl Batch {
             Err(e) => return Err(e),
         };
         if !shared.vnet_hdr {
-            self.push(len.min(MAX_INNER));
+            batch.push(len.min(MAX_INNER));
         } else if is_gso(&buf[at..at + len]) {
             std::mem::swap(buf, &mut self.gso);
             self.cut(shared, at, len);
         } else {
-            let packet = match offload::read_packets(&mut buf[at..at + len]) {
-                Ok(offload::Read::One(packet)) => Some(packet.len()),
-                _ => None,
-            };
-            match packet {
-                Some(len) => self.push(len),
-                None => DeviceCounters::one(&shared.counters.tx_dropped),
+            match offload::read_packets(&mut buf[at..at + len]) {
+                Ok(offload::Read::One(packet)) => {
+                    let len = packet.len();
+                    batch.push(len);
+                }
+                _ => DeviceCounters::one(&shared.counters.tx_dropped),
             }
         }
         Ok(true)
     }
 
-    fn push(&mut self, len: usize) {
-        self.lens[self.n] = len;
-        self.n += 1;
-    }
-
-    /// Cuts the GSO packet at `gso[at..at + len]` into the batch's buffers.
-    fn cut(&mut self, shared: &Shared, at: usize, len: usize) {
-        let Batch { bufs, lens, n, gso } = self;
+    /// Cuts the GSO packet at `gso[at..at + len]` into batch buffers.
+    fn cut(&mut self, shared: &Arc<Shared>, at: usize, len: usize) {
+        let mut gso = std::mem::take(&mut self.gso);
         let Ok(offload::Read::Pieces(pieces)) = offload::read_packets(&mut gso[at..at + len])
         else {
             DeviceCounters::one(&shared.counters.tx_dropped);
+            self.gso = gso;
             return;
         };
         for i in 0..pieces.count() {
-            if *n == BATCH {
-                route_and_send(shared, &mut bufs[..*n], &lens[..*n]);
-                *n = 0;
-            }
-            match pieces.write(i, &mut bufs[*n][TRANSPORT_HEADER_LEN..]) {
-                Ok(piece) => {
-                    lens[*n] = piece;
-                    *n += 1;
-                }
+            let batch = room(&mut self.batch, &mut self.batches, shared, self.lane);
+            match pieces.write(i, &mut batch.bufs[batch.n][TRANSPORT_HEADER_LEN..]) {
+                Ok(piece) => batch.push(piece),
                 Err(_) => DeviceCounters::one(&shared.counters.tx_dropped),
             }
         }
+        self.gso = gso;
     }
+}
+
+/// Hands the batch being filled, if it holds anything, to the pipeline.
+fn flush(batch: &mut Option<Recycled<TxBatch>>, shared: &Arc<Shared>, lane: usize) {
+    if let Some(full) = batch.take_if(|b| b.n > 0) {
+        dispatch(shared, full, lane);
+    }
+}
+
+/// The batch being filled, with room for one more packet (a full one is
+/// sent first).
+fn room<'a>(
+    batch: &'a mut Option<Recycled<TxBatch>>,
+    batches: &mut Recycler<TxBatch>,
+    shared: &Arc<Shared>,
+    lane: usize,
+) -> &'a mut TxBatch {
+    if batch.as_ref().is_some_and(|b| b.n == BATCH) {
+        flush(batch, shared, lane);
+    }
+    batch.get_or_insert_with(|| {
+        let mut fresh = batches.get();
+        fresh.n = 0; // a batch that came back still counts its old packets
+        fresh
+    })
 }
 
 fn is_gso(read: &[u8]) -> bool {
     offload::VnetHdr::parse(read).is_some_and(|h| h.gso_type & !offload::GSO_ECN != 0)
 }
 
-pub(crate) fn tun_loop(shared: &Shared, stop: &EventFd, faults: &mut Faults) {
-    let mut batch = Batch::new();
-    let fd = shared.tun_fd();
-    loop {
-        match sys::wait_readable(fd, stop) {
-            Ok(Readiness::Readable) => faults.woke(),
-            Ok(Readiness::Stop) => return,
-            Ok(Readiness::Error) => {
-                return tun_closed(shared, "TUN device reported an error (deleted?)")
-            }
-            Err(e) => return tun_closed(shared, &e.to_string()),
-        }
-        for _ in 0..MAX_READS {
-            match batch.read(shared, fd) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return tun_closed(shared, &e.to_string()),
-            }
-        }
-        batch.send(shared);
-    }
-}
+/// The runs of consecutive packets that go to one peer (None: no route).
+type Runs = Vec<(Range<usize>, Option<Arc<Peer>>)>;
 
-fn tun_closed(shared: &Shared, error: &str) {
-    shared.events.push(Event::TunClosed {
-        error: error.to_string(),
-    });
-}
-
-pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
+fn runs(shared: &Shared, bufs: &[Vec<u8>], lens: &[usize]) -> Runs {
     let routes: Vec<Option<PeerId>> = {
         let table = read(&shared.allowed);
         bufs.iter()
@@ -191,6 +228,7 @@ pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usiz
             .collect()
     };
     let peers = read(&shared.peers);
+    let mut runs = Vec::new();
     let mut start = 0;
     while start < routes.len() {
         let id = routes[start];
@@ -198,67 +236,233 @@ pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usiz
         while end < routes.len() && routes[end] == id {
             end += 1;
         }
-        match id.and_then(|id| peers.get(&id).cloned()) {
-            Some(peer) => send_run(shared, &peer, &mut bufs[start..end], &lens[start..end]),
-            None => DeviceCounters::add(&shared.counters.tx_no_route, (end - start) as u64),
-        }
+        runs.push((start..end, id.and_then(|id| peers.get(&id).cloned())));
         start = end;
+    }
+    runs
+}
+
+/// Routes a full batch, takes each run's keypair, counters and ticket, and
+/// hands it to the pipeline to be sealed and sent.
+fn dispatch(shared: &Arc<Shared>, batch: Recycled<TxBatch>, lane: usize) {
+    let n = batch.n;
+    let mut seal = Vec::new();
+    for (range, peer) in runs(shared, &batch.bufs[..n], &batch.lens[..n]) {
+        let Some(peer) = peer else {
+            DeviceCounters::add(&shared.counters.tx_no_route, range.len() as u64);
+            continue;
+        };
+        let (bufs, lens) = (&batch.bufs[range.clone()], &batch.lens[range.clone()]);
+        if let Some(p) = prepare(shared, &peer, bufs, lens, true) {
+            let count = (p.counters.end - p.counters.start) as usize;
+            seal.push(SealRun {
+                peer,
+                prepared: p,
+                packets: range.start..range.start + count,
+            });
+        }
+    }
+    if !seal.is_empty() {
+        shared.pipeline.submit(DataJob::Seal(SealJob {
+            shared: shared.clone(),
+            batch,
+            runs: seal,
+            lane,
+        }));
     }
 }
 
-/// Sends packets that sit at offset 16 of their buffers, all for one peer.
-fn send_run(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usize]) {
+/// A run's keypair and send counters (and ticket of the peer's send order).
+struct Prepared {
+    kp: Arc<Keypair>,
+    counters: Range<u64>,
+    ticket: Option<u64>,
+}
+
+/// Everything before sealing a run of one peer's packets: held or no
+/// keypair: staged; staged packets flushed first; counters taken (with a
+/// ticket when `ordered`); packets beyond the keypair's last counter staged.
+fn prepare(
+    shared: &Shared,
+    peer: &Arc<Peer>,
+    bufs: &[Vec<u8>],
+    lens: &[usize],
+    ordered: bool,
+) -> Option<Prepared> {
     if hold::stage_if_held(peer, bufs, lens) {
-        return;
+        return None;
     }
     let now = monotonic_now();
     let Some(kp) = peer.keypairs().sending(now) else {
         stage_from(shared, peer, bufs, lens, 0);
-        return;
+        return None;
     };
     if !peer.staged().is_empty() {
         flush_staged(shared, peer);
     }
-    let Ok(counters) = kp.next_counters(bufs.len(), now) else {
+    let n = bufs.len();
+    let taken = if ordered {
+        let order = peer.send_order();
+        order
+            .ticket_with(|| kp.next_counters(n, now).ok())
+            .map(|(t, c)| (Some(t), c))
+    } else {
+        kp.next_counters(n, now).ok().map(|c| (None, c))
+    };
+    let Some((ticket, counters)) = taken else {
         stage_from(shared, peer, bufs, lens, 0);
-        return;
+        return None;
     };
     let sealable = (counters.end - counters.start) as usize;
-    let mtu = shared.mtu.load(Ordering::Relaxed);
-    let mut jobs: Vec<SealJob> = bufs[..sealable]
-        .iter_mut()
-        .zip(lens)
-        .map(|(buf, &len)| SealJob { buf, len, wire: 0 })
-        .collect();
-    shared.pool.for_each_chunk(&mut jobs, |offset, chunk| {
-        for (k, job) in chunk.iter_mut().enumerate() {
-            let counter = counters.start + (offset + k) as u64;
-            // Cannot fail: every buffer has room for the largest message.
-            job.wire = kp
-                .seal_with_counter(job.buf, job.len, mtu, counter)
-                .unwrap_or(0);
-        }
-    });
-    let mut sealed: Vec<&[u8]> = Vec::with_capacity(jobs.len());
-    let mut plain: Vec<usize> = Vec::with_capacity(jobs.len());
-    for job in jobs.iter().filter(|j| j.wire > 0) {
-        sealed.push(&job.buf[..job.wire]);
-        plain.push(job.len);
-    }
-    let failed = (jobs.len() - sealed.len()) as u64;
-    DeviceCounters::add(&shared.counters.tx_dropped, failed);
-    finish_send(shared, peer, &kp, &sealed, &plain);
-    if sealable < bufs.len() {
+    if sealable < n {
         // The keypair ran out of counters mid-batch: keep the rest for the next one.
         stage_from(shared, peer, bufs, lens, sealable);
     }
+    Some(Prepared {
+        kp,
+        counters,
+        ticket,
+    })
 }
 
-/// A packet of a batch being sealed (possibly on a helper thread).
-struct SealJob<'a> {
-    buf: &'a mut Vec<u8>,
-    len: usize,
-    wire: usize,
+/// Seals `bufs[i]` (`lens[i]` bytes at offset 16) with counter `first + i`,
+/// recording each sealed length (0 if it failed, which cannot happen: every
+/// buffer has room for the largest message).
+fn seal_all(
+    kp: &Keypair,
+    bufs: &mut [Vec<u8>],
+    lens: &[usize],
+    wire: &mut [usize],
+    first: u64,
+    mtu: usize,
+) {
+    for (k, ((buf, &len), w)) in bufs.iter_mut().zip(lens).zip(wire).enumerate() {
+        *w = kp
+            .seal_with_counter(buf, len, mtu, first + k as u64)
+            .unwrap_or(0);
+    }
+}
+
+struct SealRun {
+    peer: Arc<Peer>,
+    prepared: Prepared,
+    packets: Range<usize>,
+}
+
+/// A routed batch to seal and send (on a pipeline worker, or inline).
+pub(crate) struct SealJob {
+    shared: Arc<Shared>,
+    batch: Recycled<TxBatch>,
+    runs: Vec<SealRun>,
+    lane: usize,
+}
+
+impl SealJob {
+    pub(crate) fn run(self) {
+        let SealJob {
+            shared,
+            mut batch,
+            runs,
+            lane,
+        } = self;
+        let mtu = shared.mtu.load(Ordering::Relaxed);
+        let b = &mut *batch;
+        for run in &runs {
+            let r = run.packets.clone();
+            let first = run.prepared.counters.start;
+            seal_all(
+                &run.prepared.kp,
+                &mut b.bufs[r.clone()],
+                &b.lens[r.clone()],
+                &mut b.wire[r],
+                first,
+                mtu,
+            );
+        }
+        let batch = Arc::new(batch);
+        for run in runs {
+            let sealed = Sealed {
+                batch: batch.clone(),
+                kp: run.prepared.kp,
+                packets: run.packets,
+                lane,
+            };
+            let peer = run.peer;
+            match run.prepared.ticket {
+                Some(t) => peer
+                    .send_order()
+                    .complete(t, Some(sealed), |_, s| s.send(&shared, &peer)),
+                None => sealed.send(&shared, &peer),
+            }
+        }
+    }
+}
+
+/// A sealed run of one peer's packets, waiting for its turn to be sent.
+pub(crate) struct Sealed {
+    batch: Arc<Recycled<TxBatch>>,
+    kp: Arc<Keypair>,
+    packets: Range<usize>,
+    lane: usize,
+}
+
+impl Sealed {
+    fn send(&self, shared: &Shared, peer: &Arc<Peer>) {
+        let b = &**self.batch;
+        let r = self.packets.clone();
+        let (sealed, plain) = sealed_messages(&b.bufs[r.clone()], &b.lens[r.clone()], &b.wire[r]);
+        let failed = (self.packets.len() - sealed.len()) as u64;
+        DeviceCounters::add(&shared.counters.tx_dropped, failed);
+        finish_send(shared, peer, &self.kp, &sealed, &plain, self.lane);
+    }
+}
+
+/// The sealed messages of a run and their plaintext lengths.
+fn sealed_messages<'a>(
+    bufs: &'a [Vec<u8>],
+    lens: &[usize],
+    wire: &[usize],
+) -> (Vec<&'a [u8]>, Vec<usize>) {
+    let mut sealed = Vec::with_capacity(bufs.len());
+    let mut plain = Vec::with_capacity(bufs.len());
+    for ((buf, &len), &w) in bufs.iter().zip(lens).zip(wire) {
+        if w > 0 {
+            sealed.push(&buf[..w]);
+            plain.push(len);
+        }
+    }
+    (sealed, plain)
+}
+
+/// A userspace stack's packets (at offset 16 of their buffers): routed,
+/// sealed and sent at once on the calling thread.
+pub(crate) fn route_and_send(shared: &Shared, bufs: &mut [Vec<u8>], lens: &[usize]) {
+    for (range, peer) in runs(shared, bufs, lens) {
+        match peer {
+            Some(peer) => send_now(shared, &peer, &mut bufs[range.clone()], &lens[range]),
+            None => DeviceCounters::add(&shared.counters.tx_no_route, range.len() as u64),
+        }
+    }
+}
+
+fn send_now(shared: &Shared, peer: &Arc<Peer>, bufs: &mut [Vec<u8>], lens: &[usize]) {
+    let Some(p) = prepare(shared, peer, bufs, lens, false) else {
+        return;
+    };
+    let count = (p.counters.end - p.counters.start) as usize;
+    let mtu = shared.mtu.load(Ordering::Relaxed);
+    let mut wire = vec![0usize; count];
+    seal_all(
+        &p.kp,
+        &mut bufs[..count],
+        &lens[..count],
+        &mut wire,
+        p.counters.start,
+        mtu,
+    );
+    let (sealed, plain) = sealed_messages(&bufs[..count], &lens[..count], &wire);
+    DeviceCounters::add(&shared.counters.tx_dropped, (count - sealed.len()) as u64);
+    finish_send(shared, peer, &p.kp, &sealed, &plain, 0);
 }
 
 /// Stages the packets of a batch from `first` on and asks for a handshake.
@@ -279,12 +483,13 @@ fn finish_send(
     kp: &Keypair,
     sealed: &[&[u8]],
     plain_lens: &[usize],
+    lane: usize,
 ) {
     let Some(ep) = peer.endpoint().get() else {
         DeviceCounters::add(&shared.counters.tx_dropped, sealed.len() as u64);
         return;
     };
-    if let Err(e) = send_to_endpoint(shared, peer, ep, sealed) {
+    if let Err(e) = send_to_endpoint_on(shared, lane, peer, ep, sealed) {
         hold::send_failed(shared, peer, sealed.len(), &e);
         return;
     }
@@ -309,13 +514,25 @@ pub(crate) fn send_to_endpoint(
     ep: Endpoint,
     messages: &[&[u8]],
 ) -> io::Result<()> {
-    match send_datagrams(shared, ep.addr, ep.src, messages) {
+    send_to_endpoint_on(shared, 0, peer, ep, messages)
+}
+
+/// `send_to_endpoint` through the socket of `lane` (any socket of the
+/// port's group sends from the same port).
+fn send_to_endpoint_on(
+    shared: &Shared,
+    lane: usize,
+    peer: &Peer,
+    ep: Endpoint,
+    messages: &[&[u8]],
+) -> io::Result<()> {
+    match send_datagrams_on(shared, lane, ep.addr, ep.src, messages) {
         Ok(()) => Ok(()),
         Err(SendError { sent, error })
             if ep.src.is_some() && sys::is_stale_source_error(&error) =>
         {
             peer.endpoint().forget_source(ep.src);
-            send_datagrams(shared, ep.addr, None, &messages[sent..]).map_err(|e| e.error)
+            send_datagrams_on(shared, lane, ep.addr, None, &messages[sent..]).map_err(|e| e.error)
         }
         Err(e) => Err(e.error),
     }
@@ -327,7 +544,17 @@ pub(crate) fn send_datagrams(
     src: Option<Source>,
     messages: &[&[u8]],
 ) -> Result<(), SendError> {
-    let Some(sock) = shared.socket_for(&dst) else {
+    send_datagrams_on(shared, 0, dst, src, messages)
+}
+
+fn send_datagrams_on(
+    shared: &Shared,
+    lane: usize,
+    dst: SocketAddr,
+    src: Option<Source>,
+    messages: &[&[u8]],
+) -> Result<(), SendError> {
+    let Some(sock) = shared.socket_for(&dst, lane) else {
         return Err(SendError {
             sent: 0,
             error: io::Error::new(
@@ -377,7 +604,7 @@ pub(crate) fn flush_staged(shared: &Shared, peer: &Arc<Peer>) -> usize {
         }
     }
     let slices: Vec<&[u8]> = sealed.iter().map(|m| m.as_slice()).collect();
-    finish_send(shared, peer, &kp, &slices, &lens);
+    finish_send(shared, peer, &kp, &slices, &lens, 0);
     slices.len()
 }
 

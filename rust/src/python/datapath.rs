@@ -28,6 +28,14 @@ fn event_tuple<'py>(py: Python<'py>, e: Event) -> PyResult<Bound<'py, PyTuple>> 
     }
 }
 
+/// The lanes a data plane of this process runs (WGPY_QUEUES, else the
+/// measured default for this machine; datapath/scaling.rs): open the TUN
+/// device multi-queue and that many UDP sockets per family when above 1.
+#[pyfunction]
+pub(crate) fn data_plane_queues() -> usize {
+    datapath::scaling::get().queues
+}
+
 #[pymethods]
 impl PyDatapath {
     #[new]
@@ -74,10 +82,16 @@ impl PyDatapath {
         self.0.set_mtu(mtu);
     }
 
-    /// Helper threads sealing and opening large batches (WGPY_CRYPTO_THREADS).
+    /// Crypto pipeline workers beside the lanes (WGPY_CRYPTO_THREADS).
     #[getter]
     fn crypto_helpers(&self) -> usize {
         self.0.crypto_helpers()
+    }
+
+    /// The lanes serving the TUN queues and sockets (datapath/lanes.rs).
+    #[getter]
+    fn queues(&self) -> usize {
+        self.0.queues()
     }
 
     #[pyo3(signature = (max=64))]
