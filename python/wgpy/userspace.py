@@ -37,7 +37,8 @@ from wgpy.tunnel_udp import TunnelUdpSocket
 
 log = logging.getLogger("wgpy")
 
-# Bytes each TCP connection buffers each way inside the stack.
+# Bytes each TCP connection buffers to receive inside the stack (its window;
+# it buffers as much to send, up to 64 KiB: rust/src/netstack/tcp.rs).
 DEFAULT_TCP_BUFFER = 256 * 1024
 DEFAULT_CONNECT_TIMEOUT = 10.0
 

@@ -15,8 +15,9 @@
 //!   netstack thread, once per batch.
 //!
 //! Bounds: the inbound queue (inbound::MAX_QUEUED packets), two smoltcp
-//! buffers per TCP connection (`tcp_buffer` bytes each way; a full one
-//! closes the TCP window or stops reading the local socket), fixed buffers
+//! buffers per TCP connection (`tcp_buffer` bytes to receive, at most
+//! tcp::SEND_BUFFER to send; a full one closes the TCP window or stops
+//! reading the local socket), fixed buffers
 //! per UDP port, and every connection has a deadline to connect and a
 //! retransmission timeout.
 
@@ -84,7 +85,8 @@ type Result<T> = std::result::Result<T, StackError>;
 pub struct StackConfig {
     pub addresses: Vec<(IpAddr, u8)>,
     pub mtu: usize,
-    /// Bytes each TCP connection buffers each way.
+    /// Bytes each TCP connection buffers to receive (its window); it
+    /// buffers as much to send, up to tcp::SEND_BUFFER.
     pub tcp_buffer: usize,
 }
 
@@ -274,11 +276,11 @@ impl Netstack {
     }
 
     /// Splices connection `id` to a copy of `local` (a stream socket),
-    /// sending `prefix` first (at most the TCP buffer size).
+    /// sending `prefix` first (at most the send buffer's size).
     pub fn attach(&self, id: u64, local: RawFd, prefix: &[u8]) -> Result<()> {
-        if prefix.len() > self.shared.config.tcp_buffer {
+        if prefix.len() > tcp::send_buffer_len(self.shared.config.tcp_buffer) {
             return Err(StackError::InvalidArgument(
-                "prefix larger than the TCP buffer".into(),
+                "prefix larger than the TCP send buffer".into(),
             ));
         }
         let local = dup(local)?;

@@ -15,6 +15,15 @@
 //!   goes back to the pool at once, which allocates ports in turn.
 //! - Every socket gets a retransmission timeout (USER_TIMEOUT): a far side
 //!   that vanished ends the flow instead of keeping it forever.
+//! - Buffers: the receive buffer is the stack's `tcp_buffer` (the window
+//!   offered to the far side); the send buffer is at most SEND_BUFFER
+//!   (64 KiB), because it bounds the bytes in flight and smoltcp recovers
+//!   from a loss only by a retransmission timeout: it has no SACK, and it
+//!   never counts duplicate ACKs from Linux receivers, whose ACKs each
+//!   update the window. A flight larger than the far end's UDP socket
+//!   buffer (wireguard-go: 208 KiB, about 90 datagrams) loses packets in
+//!   every burst, and each loss stalls the flow for a timeout (hundreds of
+//!   milliseconds while the RTT estimate is young), then resends it all.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -69,10 +78,19 @@ pub(crate) struct Tcp {
     buffer: usize,
 }
 
+/// The send buffer of each connection, whatever `tcp_buffer` is
+/// (see the module notes: it bounds the bytes in flight).
+pub(crate) const SEND_BUFFER: usize = 64 * 1024;
+
+/// The send buffer for a stack whose `tcp_buffer` is `buffer`.
+pub(crate) fn send_buffer_len(buffer: usize) -> usize {
+    buffer.min(SEND_BUFFER)
+}
+
 fn new_socket(buffer: usize) -> Socket<'static> {
     let mut sock = Socket::new(
         SocketBuffer::new(vec![0; buffer]),
-        SocketBuffer::new(vec![0; buffer]),
+        SocketBuffer::new(vec![0; send_buffer_len(buffer)]),
     );
     sock.set_timeout(Some(USER_TIMEOUT.into()));
     // Nagle would hold the tail of every write for an ACK; the local socket
