@@ -334,3 +334,20 @@ def test_full_tunnel_firewall_equals_wg_quicks(netns_lab: NetnsLab, tmp_path: Pa
             assert f'iifname != "{iface}" ip daddr {INNER_V4[1]}' in installed["nft ip"]
             for key in wg_quicks:
                 assert installed[key] == wg_quicks[key], key
+
+
+def test_forward_and_proxy_refuse_a_send_buffer_out_of_range(tmp_path: Path) -> None:
+    """The stack's tuning is checked once, where the stack is made: a value
+    out of range is one line and status 1, for both rootless commands."""
+    conf = tmp_path / "rootless.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {wgpy.PrivateKey.generate().to_base64()}\n"
+        "Address = 10.80.0.1/24\n"
+    )
+    for command, listen in (
+        ("forward", ["--tcp", "127.0.0.1:0=10.80.0.2:80"]),
+        ("proxy", ["--socks5", "127.0.0.1:0"]),
+    ):
+        r = run_wgpy(command, str(conf), *listen, "--tcp-send-buffer", "10")
+        assert_one_line_error(r)
+        assert r.returncode == 1 and "tcp_send_buffer" in r.stderr, r.stderr

@@ -187,3 +187,31 @@ def test_errors_are_clear_and_prompt() -> None:
                 await lonely.open_tcp_stream("10.78.0.2", 80)
 
     trio.run(main)
+
+
+def test_send_buffer_is_the_embedders_choice() -> None:
+    """`tcp_send_buffer` (what a connection may have in flight) is the
+    embedder's: a large one carries data exactly, one out of range is a
+    clear error when the device opens."""
+    payload = os.urandom(4 << 20)
+
+    async def main() -> None:
+        async with device_pair(tcp_send_buffer=1 << 20) as (a, b), trio.open_nursery() as nursery:
+            listener = b.listen_tcp(5002)
+
+            async def send() -> None:
+                async with await a.open_tcp_stream(B_ADDR, 5002) as stream:
+                    await stream.send_all(payload)
+
+            nursery.start_soon(send)
+            received = bytearray()
+            async with listener, await listener.accept() as stream:
+                async for chunk in stream:
+                    received += chunk
+            assert bytes(received) == payload
+        bad = UserspaceDevice("ud", addresses=["10.79.0.1/24"], handover=False, tcp_send_buffer=10)
+        with pytest.raises(wgpy.DatapathError, match="tcp_send_buffer"):
+            async with bad:
+                pass
+
+    trio.run(main)

@@ -360,7 +360,11 @@ class Netstack:
 
     UDP_ADDR_LEN: ClassVar[int]
     def __new__(
-        cls, addresses: list[tuple[str, int]], mtu: int = 1420, tcp_buffer: int = 262144
+        cls,
+        addresses: list[tuple[str, int]],
+        mtu: int = 1420,
+        tcp_buffer: int = 262144,
+        tcp_send_buffer: int = 65536,
     ) -> Self: ...
     def start(self, datapath: Datapath) -> None: ...
     def stop(self) -> None: ...

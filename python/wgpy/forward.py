@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import trio
 
 from wgpy.proxy_io import listen
-from wgpy.rootless import bind_family, format_address, host_port, run, usage_error
+from wgpy.rootless import (
+    add_stack_arguments,
+    bind_family,
+    format_address,
+    host_port,
+    run,
+    usage_error,
+)
 from wgpy.tunnel_udp import TunnelUdpSocket
 from wgpy.userspace import UserspaceDevice
 
@@ -186,6 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             option, type=rule, action="append", default=[], metavar=metavar, help=text
         )
+    add_stack_arguments(parser)
 
 
 def main(argv: list[str]) -> int:
@@ -211,4 +219,4 @@ def run_command(args: argparse.Namespace) -> int:
         parts = [await start(device, r, nursery) for start, rules in kinds for r in rules]
         return "wgpy forward: " + "; ".join(parts)
 
-    return run("forward", args.config, serve)
+    return run("forward", args.config, serve, args.tcp_send_buffer)

@@ -23,7 +23,7 @@ import trio
 
 from wgpy import http_proxy, socks5
 from wgpy.proxy_io import accept_loop, listen
-from wgpy.rootless import format_address, host_port, run, usage_error
+from wgpy.rootless import add_stack_arguments, format_address, host_port, run, usage_error
 from wgpy.userspace import UserspaceDevice
 
 DESCRIPTION = (
@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--http", type=host_port, metavar="HOST:PORT", help="HTTP proxy listen address"
     )
+    add_stack_arguments(parser)
 
 
 def main(argv: list[str]) -> int:
@@ -67,4 +68,4 @@ def run_command(args: argparse.Namespace) -> int:
         tunnel = ", ".join(str(a) for a in device.addresses)
         return f"wgpy proxy: {' and '.join(parts)} (tunnel {tunnel})"
 
-    return run("proxy", args.config, serve)
+    return run("proxy", args.config, serve, args.tcp_send_buffer)

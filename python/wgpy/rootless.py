@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from wgpy._core import DatapathError
 from wgpy.config import Config, ConfigError, load
-from wgpy.userspace import UserspaceDevice
+from wgpy.userspace import DEFAULT_TCP_SEND_BUFFER, UserspaceDevice
 
 # Sets up the listeners and returns the "listening on" line.
 Serve = Callable[[UserspaceDevice, trio.Nursery], Awaitable[str]]
@@ -66,6 +67,19 @@ def bind_family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The userspace stack's tuning, the same for both commands."""
+    parser.add_argument(
+        "--tcp-send-buffer",
+        type=int,
+        default=DEFAULT_TCP_SEND_BUFFER,
+        metavar="BYTES",
+        help="bytes each TCP connection may have in flight into the tunnel "
+        f"(default {DEFAULT_TCP_SEND_BUFFER}; raise it for a long path: a flow gets "
+        "about this much per round trip)",
+    )
+
+
 def load_config(path: str) -> Config:
     config = load(path)
     if not config.interface.addresses:
@@ -73,8 +87,9 @@ def load_config(path: str) -> Config:
     return config
 
 
-async def _run(config: Config, serve: Serve) -> None:
-    async with UserspaceDevice.from_config(config) as device, trio.open_nursery() as nursery:
+async def _run(config: Config, serve: Serve, tcp_send_buffer: int) -> None:
+    device_cm = UserspaceDevice.from_config(config, tcp_send_buffer=tcp_send_buffer)
+    async with device_cm as device, trio.open_nursery() as nursery:
         # Signals are caught before the line is printed: a supervisor that
         # signals as soon as it reads it gets a clean exit.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -85,20 +100,25 @@ async def _run(config: Config, serve: Serve) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run(command: str, config_path: str, serve: Serve) -> int:
+def run(
+    command: str,
+    config_path: str,
+    serve: Serve,
+    tcp_send_buffer: int = DEFAULT_TCP_SEND_BUFFER,
+) -> int:
     levels = {"debug": logging.DEBUG, "verbose": logging.INFO, "error": logging.ERROR}
     level = levels.get(os.environ.get("LOG_LEVEL", ""), logging.WARNING)
     logging.basicConfig(level=level, format=f"wgpy {command}: %(message)s")
     try:
         config = load_config(config_path)
-        trio.run(_run, config, serve)
-    except (ConfigError, OSError, ValueError) as e:
+        trio.run(_run, config, serve, tcp_send_buffer)
+    except (ConfigError, OSError, ValueError, DatapathError) as e:
         print(f"wgpy {command}: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         # A listener that cannot bind fails inside the nursery: one line too.
         leaf = _only_error(group)
-        if not isinstance(leaf, (ConfigError, OSError, ValueError)):
+        if not isinstance(leaf, (ConfigError, OSError, ValueError, DatapathError)):
             raise
         print(f"wgpy {command}: {leaf}", file=sys.stderr)
         return 1

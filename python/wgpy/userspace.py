@@ -37,9 +37,14 @@ from wgpy.tunnel_udp import TunnelUdpSocket
 
 log = logging.getLogger("wgpy")
 
-# Bytes each TCP connection buffers to receive inside the stack (its window;
-# it buffers as much to send, up to 64 KiB: rust/src/netstack/tcp.rs).
+# Bytes each TCP connection buffers to receive inside the stack (its window).
 DEFAULT_TCP_BUFFER = 256 * 1024
+# Bytes each TCP connection buffers to send inside the stack: its most in
+# flight. Small enough that a burst does not overflow the far side's UDP
+# socket (smoltcp recovers from a loss only by a timeout; the reasons are in
+# rust/src/netstack/tcp.rs); a long path wants more (about this much per
+# round trip: 64 KiB over 50 ms is 10 Mbit/s).
+DEFAULT_TCP_SEND_BUFFER = 64 * 1024
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 StreamHandler = Callable[[trio.SocketStream], Awaitable[object]]
@@ -111,6 +116,7 @@ class UserspaceDevice(Device):
         mtu: int = DEFAULT_MTU,
         handover: bool | None = None,
         tcp_buffer: int = DEFAULT_TCP_BUFFER,
+        tcp_send_buffer: int = DEFAULT_TCP_SEND_BUFFER,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(
@@ -122,6 +128,7 @@ class UserspaceDevice(Device):
         self.dns_servers = list(dns_servers)
         self.connect_timeout = connect_timeout
         self._tcp_buffer = tcp_buffer
+        self._tcp_send_buffer = tcp_send_buffer
         self._netstack: Netstack | None = None
         self._events: StackEvents | None = None
         self._config: Config | None = None
@@ -178,7 +185,7 @@ class UserspaceDevice(Device):
 
     def _open_inside(self) -> None:
         addresses = [(str(a.ip), a.network.prefixlen) for a in self.addresses]
-        self._netstack = Netstack(addresses, self._mtu, self._tcp_buffer)
+        self._netstack = Netstack(addresses, self._mtu, self._tcp_buffer, self._tcp_send_buffer)
         self._events = StackEvents(self._netstack)
 
     def _close_inside(self) -> None:

@@ -15,8 +15,8 @@
 //!   netstack thread, once per batch.
 //!
 //! Bounds: the inbound queue (inbound::MAX_QUEUED packets), two smoltcp
-//! buffers per TCP connection (`tcp_buffer` bytes to receive, at most
-//! tcp::SEND_BUFFER to send; a full one closes the TCP window or stops
+//! buffers per TCP connection (`tcp_buffer` bytes to receive,
+//! `tcp_send_buffer` to send; a full one closes the TCP window or stops
 //! reading the local socket), fixed buffers
 //! per UDP port, and every connection has a deadline to connect and a
 //! retransmission timeout.
@@ -45,6 +45,7 @@ use crate::datapath::thread::Worker;
 use crate::datapath::{InsideSender, PacketSink};
 
 pub use events::StackEvent;
+pub use tcp::DEFAULT_SEND_BUFFER as DEFAULT_TCP_SEND_BUFFER;
 pub use udp::ADDR_LEN as UDP_ADDR_LEN;
 
 use commands::{Command, Commands};
@@ -85,9 +86,11 @@ type Result<T> = std::result::Result<T, StackError>;
 pub struct StackConfig {
     pub addresses: Vec<(IpAddr, u8)>,
     pub mtu: usize,
-    /// Bytes each TCP connection buffers to receive (its window); it
-    /// buffers as much to send, up to tcp::SEND_BUFFER.
+    /// Bytes each TCP connection buffers to receive (its window).
     pub tcp_buffer: usize,
+    /// Bytes each TCP connection buffers to send: its most in flight
+    /// (tcp::DEFAULT_SEND_BUFFER, and why, in tcp.rs).
+    pub tcp_send_buffer: usize,
 }
 
 /// Counters of the stack, for `stats`.
@@ -130,10 +133,15 @@ fn check_config(config: &StackConfig) -> Result<()> {
             )));
         }
     }
-    if !TCP_BUFFER_RANGE.contains(&config.tcp_buffer) {
-        return Err(StackError::InvalidArgument(format!(
-            "tcp_buffer must be within {TCP_BUFFER_RANGE:?}"
-        )));
+    for (name, value) in [
+        ("tcp_buffer", config.tcp_buffer),
+        ("tcp_send_buffer", config.tcp_send_buffer),
+    ] {
+        if !TCP_BUFFER_RANGE.contains(&value) {
+            return Err(StackError::InvalidArgument(format!(
+                "{name} must be within {TCP_BUFFER_RANGE:?}"
+            )));
+        }
     }
     if !(576..=65535).contains(&config.mtu) {
         return Err(StackError::InvalidArgument(
@@ -278,7 +286,7 @@ impl Netstack {
     /// Splices connection `id` to a copy of `local` (a stream socket),
     /// sending `prefix` first (at most the send buffer's size).
     pub fn attach(&self, id: u64, local: RawFd, prefix: &[u8]) -> Result<()> {
-        if prefix.len() > tcp::send_buffer_len(self.shared.config.tcp_buffer) {
+        if prefix.len() > self.shared.config.tcp_send_buffer {
             return Err(StackError::InvalidArgument(
                 "prefix larger than the TCP send buffer".into(),
             ));

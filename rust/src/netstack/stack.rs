@@ -26,7 +26,7 @@ use crate::datapath::InsideSender;
 use super::commands::Command;
 use super::device::TunnelDevice;
 use super::poller::{Poller, READABLE, WRITABLE};
-use super::tcp::{Env, Tcp, UDP_TOKEN};
+use super::tcp::{Buffers, Env, Tcp, UDP_TOKEN};
 use super::udp::Udp;
 use super::{Shared, STOP_TOKEN, WAKE_TOKEN};
 
@@ -69,7 +69,10 @@ impl Stack {
                 IpAddress::Ipv6(a) => iface.routes_mut().add_default_ipv6_route(a),
             };
         }
-        let tcp = Tcp::new(shared.config.tcp_buffer);
+        let tcp = Tcp::new(Buffers {
+            receive: shared.config.tcp_buffer,
+            send: shared.config.tcp_send_buffer,
+        });
         Ok(Self {
             shared,
             iface,

@@ -16,8 +16,9 @@
 //! - Every socket gets a retransmission timeout (USER_TIMEOUT): a far side
 //!   that vanished ends the flow instead of keeping it forever.
 //! - Buffers: the receive buffer is the stack's `tcp_buffer` (the window
-//!   offered to the far side); the send buffer is at most SEND_BUFFER
-//!   (64 KiB), because it bounds the bytes in flight and smoltcp recovers
+//!   offered to the far side); the send buffer is its `tcp_send_buffer`
+//!   (DEFAULT_SEND_BUFFER, 64 KiB, unless the embedder says otherwise),
+//!   because it bounds the bytes in flight and smoltcp recovers
 //!   from a loss only by a retransmission timeout: it has no SACK, and it
 //!   never counts duplicate ACKs from Linux receivers, whose ACKs each
 //!   update the window. A flight larger than the far end's UDP socket
@@ -75,22 +76,25 @@ pub(crate) struct Tcp {
     flows: HashMap<u64, Flow>,
     /// Listened ports and their backlogs.
     listeners: HashMap<u16, usize>,
-    buffer: usize,
+    buffers: Buffers,
 }
 
-/// The send buffer of each connection, whatever `tcp_buffer` is
-/// (see the module notes: it bounds the bytes in flight).
-pub(crate) const SEND_BUFFER: usize = 64 * 1024;
-
-/// The send buffer for a stack whose `tcp_buffer` is `buffer`.
-pub(crate) fn send_buffer_len(buffer: usize) -> usize {
-    buffer.min(SEND_BUFFER)
+/// Bytes each connection buffers each way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Buffers {
+    pub(crate) receive: usize,
+    pub(crate) send: usize,
 }
 
-fn new_socket(buffer: usize) -> Socket<'static> {
+/// The default send buffer of each connection (see the module notes: it
+/// bounds the bytes in flight). A long path needs more: the flight limits a
+/// flow to about this much per round trip (64 KiB over 50 ms: 10 Mbit/s).
+pub const DEFAULT_SEND_BUFFER: usize = 64 * 1024;
+
+fn new_socket(buffers: Buffers) -> Socket<'static> {
     let mut sock = Socket::new(
-        SocketBuffer::new(vec![0; buffer]),
-        SocketBuffer::new(vec![0; send_buffer_len(buffer)]),
+        SocketBuffer::new(vec![0; buffers.receive]),
+        SocketBuffer::new(vec![0; buffers.send]),
     );
     sock.set_timeout(Some(USER_TIMEOUT.into()));
     // Nagle would hold the tail of every write for an ACK; the local socket
@@ -112,11 +116,11 @@ fn socket_addr(e: IpEndpoint) -> SocketAddr {
 }
 
 impl Tcp {
-    pub(crate) fn new(buffer: usize) -> Self {
+    pub(crate) fn new(buffers: Buffers) -> Self {
         Self {
             flows: HashMap::new(),
             listeners: HashMap::new(),
-            buffer,
+            buffers,
         }
     }
 
@@ -135,7 +139,7 @@ impl Tcp {
         (id, remote, port): (u64, SocketAddr, u16),
         timeout: Duration,
     ) {
-        let mut sock = new_socket(self.buffer);
+        let mut sock = new_socket(self.buffers);
         if let Err(e) = sock.connect(cx, endpoint(remote), port) {
             ports.release(Proto::Tcp, port);
             let reason = format!("cannot connect to {remote}: {e}");
@@ -350,7 +354,7 @@ impl Tcp {
     }
 
     fn add_listening(&mut self, sockets: &mut SocketSet<'static>, port: u16, id: u64) -> bool {
-        let mut sock = new_socket(self.buffer);
+        let mut sock = new_socket(self.buffers);
         if sock.listen(port).is_err() {
             return false;
         }

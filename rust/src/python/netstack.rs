@@ -59,12 +59,20 @@ fn event_tuple<'py>(py: Python<'py>, e: StackEvent) -> PyResult<Bound<'py, PyTup
     }
 }
 
+// The signature's default, written as a literal so Python sees it.
+const _: () = assert!(netstack::DEFAULT_TCP_SEND_BUFFER == 65536);
+
 #[pymethods]
 impl PyNetstack {
     /// `addresses`: (address, prefix length) pairs, one per family at most.
     #[new]
-    #[pyo3(signature = (addresses, mtu=1420, tcp_buffer=262144))]
-    fn new(addresses: Vec<(String, u8)>, mtu: usize, tcp_buffer: usize) -> PyResult<Self> {
+    #[pyo3(signature = (addresses, mtu=1420, tcp_buffer=262144, tcp_send_buffer=65536))]
+    fn new(
+        addresses: Vec<(String, u8)>,
+        mtu: usize,
+        tcp_buffer: usize,
+        tcp_send_buffer: usize,
+    ) -> PyResult<Self> {
         let addresses = addresses
             .iter()
             .map(|(a, p)| Ok((ip_of(a)?, *p)))
@@ -73,6 +81,7 @@ impl PyNetstack {
             addresses,
             mtu,
             tcp_buffer,
+            tcp_send_buffer,
         };
         Ok(Self(Arc::new(
             netstack::Netstack::new(config).map_err(stack_error)?,
