@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 use std::time::Duration;
 
 pub(crate) enum Command {
@@ -48,13 +50,10 @@ pub(crate) struct Commands(Mutex<Vec<Command>>);
 
 impl Commands {
     pub(crate) fn push(&self, c: Command) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(c);
+        lock(&self.0).push(c);
     }
 
     pub(crate) fn take(&self) -> Vec<Command> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.0))
     }
 }

@@ -5,7 +5,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 use super::wake::Wake;
 
@@ -43,7 +45,7 @@ impl EventQueue {
     }
 
     fn events(&self) -> std::sync::MutexGuard<'_, VecDeque<StackEvent>> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.events)
     }
 
     pub(crate) fn push(&self, event: StackEvent) {

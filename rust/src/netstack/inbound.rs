@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 use crate::datapath::PacketSink;
 
@@ -38,8 +40,7 @@ impl Inbound {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        // A thread that panicked has aborted the process (datapath/thread.rs).
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.queue)
     }
 
     /// Moves every waiting packet to the back of `into`.

@@ -38,7 +38,9 @@ mod wake;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use crate::datapath::thread::Worker;
@@ -192,7 +194,7 @@ impl Netstack {
 
     /// Starts the netstack thread, sending through `sender`.
     pub fn start(&self, sender: InsideSender) -> Result<()> {
-        let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut worker = lock(&self.worker);
         if worker.is_some() {
             return Ok(());
         }
@@ -219,11 +221,7 @@ impl Netstack {
 
     /// Stops the thread; every connection and local socket it held closes.
     pub fn stop(&self) {
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let worker = lock(&self.worker).take();
         if let Some(w) = worker {
             w.stop();
         }

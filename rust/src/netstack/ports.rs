@@ -6,7 +6,9 @@
 //! frees ports when their sockets go).
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 pub(crate) const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
@@ -45,7 +47,7 @@ pub(crate) struct Ports {
 impl Ports {
     fn with<R>(&self, proto: Proto, f: impl FnOnce(&mut Table) -> R) -> R {
         // A thread that panicked has aborted the process (datapath/thread.rs).
-        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tables = lock(&self.tables);
         f(&mut tables[proto as usize])
     }
 
