@@ -6,10 +6,11 @@
 //! it goes back to its owner's free list, and is reused rather than
 //! reallocated.
 //!
-//! - An owner makes batches as it needs them, up to its limit; at the limit
-//!   it waits for one to come back. That wait is what bounds the work in
-//!   flight (and so the pipeline's queue and the memory): every batch out is
-//!   being finished by a thread that needs nothing from the waiting one.
+//! - An owner makes its first batch when it starts and the others as it
+//!   needs them, up to its limit; at the limit it waits for one to come
+//!   back. That wait is what bounds the work in flight (and so the
+//!   pipeline's queue and the memory): every batch out is being finished by
+//!   a thread that needs nothing from the waiting one.
 //! - A batch whose owner is gone (the lane stopped) is freed instead.
 
 use std::ops::{Deref, DerefMut};
@@ -25,14 +26,19 @@ pub struct Recycler<T> {
 }
 
 impl<T> Recycler<T> {
-    /// At most `limit` (at least 1) batches made by `make`.
+    /// At most `limit` (at least 1) batches made by `make`. The first is
+    /// made now, on the owner's thread as it starts: making one (64 buffers
+    /// to allocate and fault in) takes milliseconds, which the first packet
+    /// through a fresh tunnel would otherwise wait for.
     pub fn new(limit: usize, make: fn() -> T) -> Self {
         let limit = limit.max(1);
         let (home, free) = bounded(limit);
+        // Cannot fail: the channel is empty and holds `limit` >= 1.
+        let _ = home.try_send(Box::new(make()));
         Self {
             home,
             free,
-            made: 0,
+            made: 1,
             limit,
             make,
         }
