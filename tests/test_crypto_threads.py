@@ -11,27 +11,16 @@ import itertools
 import socket
 import struct
 import time
-from pathlib import Path
 
 from netns import NetnsLab, require_programs, require_tun
 from transfer import tcp_transfer
-from wgnet import INNER_V4, WGPY, Node, make_pair, start_node
+from wgnet import INNER_V4, WGPY, make_pair, start_node
 from wgpy.tun import SO_RCVBUFFORCE
 
 HELPERS = {"WGPY_CRYPTO_THREADS": "2"}
 PORT = 5302
 DATAGRAMS = 30_000
 BURST = 100
-
-
-def helper_cpu_ns(node: Node) -> dict[str, int]:
-    """CPU time of each crypto helper thread of the node's daemon."""
-    result = {}
-    for task in Path(f"/proc/{node.process.pid}/task").iterdir():
-        name = (task / "comm").read_text().strip()
-        if name.startswith("wgpy-crypto"):
-            result[f"{name}/{task.name}"] = int((task / "schedstat").read_text().split()[0])
-    return result
 
 
 def test_helpers_work_and_keep_packet_order(netns_lab: NetnsLab) -> None:
@@ -41,7 +30,7 @@ def test_helpers_work_and_keep_packet_order(netns_lab: NetnsLab) -> None:
     assert pair.a.ping(INNER_V4[1], count=1)
     for node in (pair.a, pair.b):
         assert "crypto helper threads: 2" in node.process.log(), node.process.log()
-        assert len(helper_cpu_ns(node)) == 2
+        assert len(node.thread_cpu_ns("wgpy-crypto")) == 2
 
     # Bursts of numbered datagrams fill batches that the two workers seal
     # side by side; the receiver must see them in the order sent.
@@ -70,12 +59,12 @@ def test_helpers_work_and_keep_packet_order(netns_lab: NetnsLab) -> None:
     assert out_of_order == 0, f"{out_of_order} datagrams arrived out of order"
 
     # A bulk TCP transfer stays intact, and the helpers did part of the work.
-    before = {n.iface: helper_cpu_ns(n) for n in (pair.a, pair.b)}
+    before = {n.iface: n.thread_cpu_ns("wgpy-crypto") for n in (pair.a, pair.b)}
     result = tcp_transfer(pair.a.ns, pair.b.ns, INNER_V4[1], 100 * 1024 * 1024)
     assert result.received_bytes == result.sent_bytes
     assert result.received_sha256 == result.sent_sha256
     for node in (pair.a, pair.b):
-        after = helper_cpu_ns(node)
+        after = node.thread_cpu_ns("wgpy-crypto")
         worked = sum(after.values()) - sum(before[node.iface].values())
         assert worked > 1_000_000, f"{node.iface}: helpers ran {worked} ns during the transfer"
 

@@ -19,7 +19,6 @@ import socket
 import struct
 import time
 from collections import defaultdict
-from pathlib import Path
 
 from netns import NetnsLab, require_programs, require_tun, wait_until
 from transfer import start_tcp_transfer
@@ -42,16 +41,6 @@ WG_LEN = 16 + 1024 + 16
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
-
-
-def lane_cpu_ns(node: Node) -> dict[str, int]:
-    """CPU time of each lane thread of the node's daemon."""
-    result = {}
-    for task in Path(f"/proc/{node.process.pid}/task").iterdir():
-        name = (task / "comm").read_text().strip()
-        if name.startswith("wgpy-lane"):
-            result[name] = int((task / "schedstat").read_text().split()[0])
-    return result
 
 
 def port_sockets(node: Node) -> list[str]:
@@ -133,14 +122,14 @@ def test_lanes_share_the_work_and_keep_every_order(netns_lab: NetnsLab) -> None:
     assert pair.a.ping(INNER_V4[1], count=1)
     for node in (pair.a, pair.b):
         assert "queues: 2, crypto helper threads: 2" in node.process.log(), node.process.log()
-        assert len(lane_cpu_ns(node)) == 2
+        assert len(node.thread_cpu_ns("wgpy-lane")) == 2
         # Two IPv4 and two IPv6 sockets on the port: one of each per lane.
         assert len(port_sockets(node)) == 4, port_sockets(node)
 
     cap = capture(pair.a)
-    before = lane_cpu_ns(pair.a)
+    before = pair.a.thread_cpu_ns("wgpy-lane")
     got = numbered_udp(pair.a, pair.b)
-    after = lane_cpu_ns(pair.a)
+    after = pair.a.thread_cpu_ns("wgpy-lane")
     counters = transport_counters(cap, pair.b.port)
 
     total = sum(len(v) for v in got.values())
@@ -194,4 +183,4 @@ def test_a_new_listen_port_gets_a_new_group(netns_lab: NetnsLab) -> None:
     assert not port_sockets(pair.b), "the old port is still bound"
     pair.a.set_peer(pair.b, [f"{INNER_V4[1]}/32"], endpoint=(pair.outer[1], 51999))
     assert pair.a.ping(INNER_V4[1], count=3)
-    assert len(lane_cpu_ns(pair.b)) == 3
+    assert len(pair.b.thread_cpu_ns("wgpy-lane")) == 3

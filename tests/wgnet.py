@@ -139,6 +139,16 @@ class Node:
     def peer_dump(self, public_key: wgpy.PublicKey) -> PeerDump:
         return find_peer(self.wg("show", self.iface, "dump"), public_key, self.iface)
 
+    def thread_cpu_ns(self, prefix: str) -> dict[str, int]:
+        """CPU time of each of the daemon's threads whose name starts with
+        `prefix` (wgpy-lane, wgpy-crypto), keyed "name/tid"."""
+        result = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            name = (task / "comm").read_text().strip()
+            if name.startswith(prefix):
+                result[f"{name}/{task.name}"] = int((task / "schedstat").read_text().split()[0])
+        return result
+
     def ping(
         self, address: str, *, count: int = 3, timeout: float = 2.0, source: str | None = None
     ) -> bool:
