@@ -28,6 +28,18 @@ FAR_NAME = "far.wg.test"
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
 
 
+def listening(log: str, command: str) -> bool:
+    """Whether `wgpy COMMAND` printed its "listening" line (stdout). Its log
+    lines (stderr, the same file here) share the prefix, so the line is told
+    by its shape: the proxy's ends with the tunnel's addresses, the
+    forward's names its rules with arrows."""
+    prefix = f"wgpy {command}: "
+    return any(
+        line.startswith(prefix) and ("(tunnel " in line or " -> " in line)
+        for line in log.splitlines()
+    )
+
+
 @dataclass
 class RootlessLab:
     lab: NetnsLab
@@ -64,7 +76,7 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
         env["LOG_LEVEL"] = os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")
         process = self.client_ns.spawn(argv, env=env)
         wait_until(
-            lambda: f"wgpy {command}:" in process.log() or not process.alive(),
+            lambda: listening(process.log(), command) or not process.alive(),
             timeout=20,
             what=f"wgpy {command} to listen",
         )

@@ -60,7 +60,7 @@ from netns import (
     wait_until,
 )
 from nobody import nobody_python
-from rootless_lab import AS_NOBODY, nobody_config
+from rootless_lab import AS_NOBODY, listening, nobody_config
 from transfer import last_json, start_receiver, start_sender
 from wgnet import Node, PeerDump, endpoint_text, find_peer, start_node, write_secret
 
@@ -654,7 +654,7 @@ AllowedIPs = {INNER[1]}/32
              "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"],
             env=python_env,
         )  # fmt: skip
-        wait_until(lambda: "wgpy forward:" in forward.log(), timeout=20, what="wgpy forward")
+        wait_until(lambda: listening(forward.log(), "forward"), timeout=20, what="wgpy forward")
         tx = start_sender(env.ns, "127.0.0.1", 10 << 20, port=local)
         tx.popen.wait(timeout=120)
         assert kernel_received_sha(kernel, sha_file) == last_json(tx)["sha256"]
