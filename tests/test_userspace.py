@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import wgpy
+from wgpy.device import DeviceError
 from wgpy.userspace import UserspaceDevice
 
 A_ADDR, B_ADDR = "10.77.0.1", "10.77.0.2"
@@ -177,6 +178,8 @@ def test_errors_are_clear_and_prompt() -> None:
         lonely = UserspaceDevice(
             "uc", addresses=["10.78.0.1/24"], private_key=key, handover=False, connect_timeout=1.5
         )
+        with pytest.raises(DeviceError, match="not running"):
+            lonely.netstack  # noqa: B018 (the property raises)
         async with lonely:
             await lonely.add_peer(
                 wgpy.PrivateKey.generate().public_key(),
@@ -184,6 +187,14 @@ def test_errors_are_clear_and_prompt() -> None:
                 allowed_ips=["10.78.0.0/24"],
             )
             with trio.fail_after(10), pytest.raises(TimeoutError, match="no handshake"):
+                await lonely.open_tcp_stream("10.78.0.2", 80)
+            listener = lonely.listen_tcp(8080)
+        # Stopped: no wait outlives the stack, and the API says why.
+        with trio.fail_after(5):
+            with pytest.raises(trio.ClosedResourceError):
+                await listener.accept()
+            await listener.aclose()
+            with pytest.raises(DeviceError, match="not running"):
                 await lonely.open_tcp_stream("10.78.0.2", 80)
 
     trio.run(main)

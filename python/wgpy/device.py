@@ -40,7 +40,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -74,6 +74,16 @@ EVENT_BATCH = 64
 
 class DeviceError(Exception):
     """The device could not be set up or was used wrongly."""
+
+
+_T = TypeVar("_T")
+
+
+def running(part: _T | None) -> _T:
+    """A part that exists only while the device runs (None otherwise)."""
+    if part is None:
+        raise DeviceError("device is not running")
+    return part
 
 
 def _registry_config(registry: str | RegistryConfig | None) -> RegistryConfig | None:
@@ -297,20 +307,14 @@ class Device:
 
     @property
     def datapath(self) -> Datapath:
-        if self._datapath is None:
-            raise DeviceError("device is not running")
-        return self._datapath
+        return running(self._datapath)
 
     @property
     def tun(self) -> Tun:
-        if self._tun is None:
-            raise DeviceError("device is not running")
-        return self._tun
+        return running(self._tun)
 
     def _running_nursery(self) -> trio.Nursery:
-        if self._nursery is None:
-            raise DeviceError("device is not running")
-        return self._nursery
+        return running(self._nursery)
 
     # --- interface configuration ------------------------------------------------------
 

@@ -10,6 +10,9 @@ events into awaited results.
   fills in practice; if it does, the connection is aborted, not queued.
 - One task (`run`) reads the events; everything else only registers
   interest. Bytes never pass through here: the stack splices them.
+- When the device stops (`close`), every wait ends: pending connects fail
+  with ENETDOWN and listeners' channels close, so nothing waits for an
+  event that can no longer come.
 """
 
 from __future__ import annotations
@@ -132,6 +135,15 @@ class StackEvents:
         send, receive = trio.open_memory_channel[Accepted](backlog + 64)
         self._listeners[port] = send
         return port, receive
+
+    def close(self) -> None:
+        """Ends every wait: the stack is gone (see the module notes)."""
+        gone = OSError(errno.ENETDOWN, "the device stopped")
+        for id_ in [*self._waiters, *self._detached]:
+            self._failed(id_, gone)
+        for channel in self._listeners.values():
+            channel.close()
+        self._listeners.clear()
 
     def unlisten(self, port: int) -> None:
         if channel := self._listeners.pop(port, None):

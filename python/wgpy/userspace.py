@@ -18,6 +18,7 @@ device: no root, no capabilities, no routes or addresses on the host.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -30,7 +31,7 @@ import trio
 from wgpy import dns
 from wgpy._core import Datapath, Netstack, PrivateKey
 from wgpy.config import Config, IPInterface, resolve_endpoint
-from wgpy.device import Device, DeviceError
+from wgpy.device import Device, DeviceError, running
 from wgpy.netstack import Accepted, StackEvents
 from wgpy.tun import DEFAULT_MTU
 from wgpy.tunnel_udp import TunnelUdpSocket
@@ -93,7 +94,8 @@ class TunnelListener(trio.abc.Listener[trio.SocketStream]):
         return stream
 
     async def aclose(self) -> None:
-        self._device.stack_events.unlisten(self.port)
+        with contextlib.suppress(DeviceError):  # a stopped device has no listeners
+            self._device.stack_events.unlisten(self.port)
         self._accepted.close()
         await trio.lowlevel.checkpoint()
 
@@ -189,8 +191,14 @@ class UserspaceDevice(Device):
         self._events = StackEvents(self._netstack)
 
     def _close_inside(self) -> None:
-        if self._netstack is not None:
-            self._netstack.stop()
+        # Both exist only while the device runs: afterwards the API says so
+        # (DeviceError) instead of queueing work for a stopped stack.
+        events, self._events = self._events, None
+        stack, self._netstack = self._netstack, None
+        if events is not None:
+            events.close()
+        if stack is not None:
+            stack.stop()
 
     def _new_datapath(self) -> Datapath:
         return Datapath.userspace(self.netstack, self._mtu)
@@ -208,15 +216,11 @@ class UserspaceDevice(Device):
 
     @property
     def netstack(self) -> Netstack:
-        if self._netstack is None:
-            raise DeviceError("device is not running")
-        return self._netstack
+        return running(self._netstack)
 
     @property
     def stack_events(self) -> StackEvents:
-        if self._events is None:
-            raise DeviceError("device is not running")
-        return self._events
+        return running(self._events)
 
     # --- the application API ------------------------------------------------------------
 

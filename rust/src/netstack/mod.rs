@@ -37,7 +37,7 @@ mod wake;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     ports: Ports,
     next_id: AtomicU64,
     flows: AtomicUsize,
+    /// Set once by `stop`: later commands would wait for a thread that is gone.
+    stopped: AtomicBool,
 }
 
 /// The owner's handle on a stack (see the module notes).
@@ -180,6 +182,7 @@ impl Netstack {
             ports: Ports::default(),
             next_id: AtomicU64::new(FIRST_ID),
             flows: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -221,10 +224,19 @@ impl Netstack {
 
     /// Stops the thread; every connection and local socket it held closes.
     pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
         let worker = lock(&self.worker).take();
         if let Some(w) = worker {
             w.stop();
         }
+    }
+
+    /// Commands are taken before `start` (queued for it), refused after `stop`.
+    fn accepting(&self) -> Result<()> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(StackError::NotRunning);
+        }
+        Ok(())
     }
 
     fn command(&self, c: Command) {
@@ -258,6 +270,7 @@ impl Netstack {
         local: Option<RawFd>,
         timeout: Duration,
     ) -> Result<u64> {
+        self.accepting()?;
         self.has_family(&remote.ip())?;
         if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_multicast() {
             return Err(StackError::InvalidArgument(format!(
@@ -284,6 +297,7 @@ impl Netstack {
     /// Splices connection `id` to a copy of `local` (a stream socket),
     /// sending `prefix` first (at most the send buffer's size).
     pub fn attach(&self, id: u64, local: RawFd, prefix: &[u8]) -> Result<()> {
+        self.accepting()?;
         if prefix.len() > self.shared.config.tcp_send_buffer {
             return Err(StackError::InvalidArgument(
                 "prefix larger than the TCP send buffer".into(),
@@ -303,6 +317,7 @@ impl Netstack {
     /// Accepts connections to `port` (0: any free port), at most `backlog`
     /// of them established or in progress and not yet taken; returns the port.
     pub fn listen(&self, port: u16, backlog: usize) -> Result<u16> {
+        self.accepting()?;
         let port = self
             .shared
             .ports
@@ -319,6 +334,7 @@ impl Netstack {
     /// Bridges UDP `port` (0: any free port) to a copy of `local`, a
     /// SOCK_SEQPACKET socket (udp.rs); returns the port.
     pub fn udp_bind(&self, port: u16, local: RawFd) -> Result<u16> {
+        self.accepting()?;
         let local = dup(local)?;
         let port = self
             .shared
@@ -353,5 +369,32 @@ impl Netstack {
 impl Drop for Netstack {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack() -> Netstack {
+        Netstack::new(StackConfig {
+            addresses: vec![("10.9.0.1".parse().unwrap(), 24)],
+            mtu: 1420,
+            tcp_buffer: 65536,
+            tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn commands_queue_before_start_and_are_refused_after_stop() {
+        let s = stack();
+        let far: SocketAddr = "10.9.0.2:80".parse().unwrap();
+        assert!(s.connect(far, None, Duration::from_secs(1)).is_ok());
+        assert_eq!(s.listen(8080, 16).unwrap(), 8080);
+        s.stop();
+        let refused = s.connect(far, None, Duration::from_secs(1));
+        assert!(matches!(refused, Err(StackError::NotRunning)));
+        assert!(matches!(s.listen(8081, 16), Err(StackError::NotRunning)));
     }
 }
