@@ -1,8 +1,12 @@
 """Rootless mode against onetun, on the same work in the same run:
-`python3 -m bench.rootless [--seconds N] [--connections N] [--rounds N]`
+`python3 -m bench.rootless [--seconds N] [--connections N] [--rounds N] [--far IMPL]`
 (as root: it builds namespaces; the forwarders themselves run unprivileged).
 
-- The far side is wireguard-go in one namespace (tests/rootless_lab.py); in
+- The far side is a WireGuard daemon with a TUN device in one namespace
+  (tests/rootless_lab.py): current wireguard-go from the anchors when it is
+  built (bench/README.md), else Debian's; `--far` chooses. It must not be
+  the bottleneck: Debian's 2022 build carries about 0.6 Gbit/s, which is
+  what both forwarders then measure. In
   the client namespace `wgpy forward` (as nobody) and onetun each forward a
   local port to the far side's iperf3 server and to its echo server, each
   as a peer of its own.
@@ -28,7 +32,7 @@ import trio
 import wgpy
 from netns import NetnsLab, wait_until
 from rootless_lab import RootlessLab, rootless_lab, serve_echo
-from wgnet import INNER_V4, OUTER_V4
+from wgnet import INNER_V4, OUTER_V4, WGPY, WIREGUARD_GO, WIREGUARD_GO_HEAD, program
 
 ONETUN = shutil.which("onetun") or "/tmp/anchors/bin/onetun"
 IPERF_PORT, ECHO_PORT = 5201, 7
@@ -110,13 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--far",
+        choices=(WIREGUARD_GO_HEAD, WIREGUARD_GO, WGPY),
+        default=WIREGUARD_GO_HEAD if Path(program(WIREGUARD_GO_HEAD)).exists() else WIREGUARD_GO,
+        help="the far side's implementation (default: current wireguard-go if built)",
+    )
     args = parser.parse_args(argv)
     results: dict[str, dict[str, list[float]]] = {
         t: {"down": [], "up": [], "cps": []} for t in LOCAL_PORTS
     }
     lab = NetnsLab(Path(tempfile.mkdtemp(prefix="wgpy-bench-rootless-")))
     try:
-        with rootless_lab(lab) as rl:
+        with rootless_lab(lab, far_impl=args.far) as rl:
             rl.serve_far("iperf3", "-s", "--forceflush", "-B", INNER_V4[0], "-p", str(IPERF_PORT))
             serve_echo(rl, ECHO_PORT)
             start_wgpy(rl)
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[tool]["cps"].append(connections_per_second(rl, tool, args.connections))
     finally:
         lab.cleanup()
+    print(f"far side: {args.far} ({program(args.far)}); medians of {args.rounds} rounds")
     print(table(results))
     return 0
 
