@@ -87,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
     let mut coalescer = Coalescer::new(mode & 2 != 0);
     let mut writes: Vec<Vec<u8>> = Vec::new();
     {
-        let mut write = |b: &[u8]| writes.push(b.to_vec());
+        let mut write = |iov: &[std::io::IoSlice<'_>]| {
+            writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect())
+        };
         for p in &pushed {
             coalescer.push(p, &mut write);
         }

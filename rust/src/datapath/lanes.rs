@@ -60,7 +60,6 @@ pub(crate) fn lane_loop(
 ) {
     let batches = in_flight(lanes, shared.pipeline.workers());
     let delivery = Arc::new(Delivery::new(Deliverer::new(
-        shared,
         lane.tun.unwrap_or_else(|| shared.tun_fd()),
     )));
     let mut tun = lane.tun.map(|fd| TunReader::new(fd, lane.index, batches));

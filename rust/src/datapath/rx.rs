@@ -20,12 +20,12 @@
 //!   passes the handshake messages on, looks the keypairs up and hands the
 //!   batch to the crypto pipeline (pipeline.rs) with a ticket of the lane's
 //!   receive order (sequence.rs). Opened batches are accepted and delivered
-//!   in ticket order, one thread at a time, through the lane's coalescer
-//!   into the lane's TUN queue: a peer's packets (one source address, so one
+//!   in ticket order, one thread at a time, through a coalescer that borrows
+//!   the batch's buffers (no copies) into the lane's TUN queue: a peer's packets (one source address, so one
 //!   socket of the port's group, so one lane) reach the inside in the order
 //!   they arrived. With no workers the lane does it all itself, at once.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -53,22 +53,18 @@ const BATCH: usize = 64;
 /// Batches received per turn at most, so the lane's other work is never starved.
 const MAX_RECVS: usize = 2;
 
-/// A lane's receive order and what delivers in it: the coalescer and the
-/// lane's TUN queue (or the stack).
+/// A lane's receive order and where it delivers: the lane's TUN queue (or
+/// the stack).
 pub(crate) type Delivery = Sequencer<OpenJob, Deliverer>;
 
 pub(crate) struct Deliverer {
-    coalescer: offload::Coalescer,
     tun: RawFd,
 }
 
 impl Deliverer {
     /// Delivers into the TUN queue `tun` (-1 with a userspace stack).
-    pub(crate) fn new(shared: &Shared, tun: RawFd) -> Self {
-        Self {
-            coalescer: offload::Coalescer::new(shared.udp_offload),
-            tun,
-        }
+    pub(crate) fn new(tun: RawFd) -> Self {
+        Self { tun }
     }
 }
 
@@ -163,19 +159,21 @@ impl OpenJob {
     }
 
     /// What follows opening, in arrival order; then the coalescer is flushed:
-    /// nothing waits in it across batches (latency first).
+    /// nothing waits in it across batches (latency first), and it borrows
+    /// the batch's buffers.
     fn deliver(self, d: &mut Deliverer) {
         let shared = &*self.shared;
+        let tun = d.tun;
+        let mut coalescer = offload::Coalescer::new(shared.udp_offload);
         let mut accepting = Accepting::new(shared, &self.keys, self.now);
         for t in &self.transport {
             let msg = &self.batch.bufs[t.buf][t.at.clone()];
             if let Some(range) = accepting.accept(t, msg) {
-                deliver(shared, &msg[range], d);
+                deliver(shared, &msg[range], tun, &mut coalescer);
             }
         }
         accepting.finish();
-        let tun = d.tun;
-        d.coalescer.flush(&mut |b: &[u8]| tun_write(shared, tun, b));
+        coalescer.flush(&mut |iov: &[IoSlice<'_>]| tun_writev(shared, tun, iov));
         if let Some(stack) = shared.inside.stack() {
             stack.batch_done();
         }
@@ -414,16 +412,27 @@ fn tun_write(shared: &Shared, tun: RawFd, b: &[u8]) {
     }
 }
 
+fn tun_writev(shared: &Shared, tun: RawFd, iov: &[IoSlice<'_>]) {
+    if sys::writev(tun, iov).is_err() {
+        DeviceCounters::one(&shared.counters.rx_tun_errors);
+    }
+}
+
 /// Hands a packet to a userspace stack, or writes it to the lane's TUN
 /// queue: straight from the receive buffer without offloads, through the
 /// coalescer with them.
-fn deliver(shared: &Shared, packet: &[u8], d: &mut Deliverer) {
-    let tun = d.tun;
+fn deliver<'a>(
+    shared: &Shared,
+    packet: &'a [u8],
+    tun: RawFd,
+    coalescer: &mut offload::Coalescer<'a>,
+) {
     if let Some(stack) = shared.inside.stack() {
         stack.deliver(packet);
     } else if shared.vnet_hdr {
-        d.coalescer
-            .push(packet, &mut |b: &[u8]| tun_write(shared, tun, b));
+        coalescer.push(packet, &mut |iov: &[IoSlice<'_>]| {
+            tun_writev(shared, tun, iov)
+        });
     } else {
         tun_write(shared, tun, packet);
     }

@@ -255,6 +255,15 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
+/// Writes the gathered pieces as one write (one packet on a TUN device).
+pub fn writev(fd: RawFd, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    let n =
+        libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: IoSlice is ABI-compatible with struct iovec (std documents it);
+    // the kernel only reads the n live slices.
+    cvt_size(unsafe { libc::writev(fd, iov.as_ptr().cast(), n) })
+}
+
 /// struct ifreq as TUNSETIFF and TUNGETIFF use it: a name and flags.
 #[repr(C)]
 struct IfReq {

@@ -11,6 +11,13 @@
 //! - Both: a payload no larger than the first one's, and only the last may
 //!   be shorter; no IPv4 options or fragments; at most 64 KiB in all.
 //!   Anything else is written on its own.
+//! - No copies of payloads: a coalescer lives for one batch and borrows the
+//!   packets pushed into it (the receive buffers they were opened in). Only
+//!   the first packet's headers are copied, to be rewritten for the train;
+//!   the write is a gather list (vnet header and headers, then each payload)
+//!   that goes to `writev`. The batch is flushed before its buffers go back.
+
+use std::io::IoSlice;
 
 use super::{
     fold, Layout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, PROTO_TCP,
@@ -19,11 +26,19 @@ use super::{
 
 const MAX_COALESCED: usize = 65535;
 const MAX_UDP_SEGMENTS: usize = 64;
+/// Headers a candidate can have: IPv6 (40) and TCP with options (60).
+const MAX_HEADERS: usize = 100;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
-pub struct Coalescer {
-    buf: Vec<u8>,
+pub struct Coalescer<'a> {
+    /// The vnet header, then the pending packet's headers (`head_len` in all).
+    head: [u8; VNET_HDR_LEN + MAX_HEADERS],
+    head_len: usize,
+    /// The pending packet's payloads, in order, borrowed from the packets.
+    parts: Vec<&'a [u8]>,
+    /// Bytes of the pending packet (headers and payloads).
+    total: usize,
     /// The pending packet's layout; None when nothing is pending.
     pending: Option<Layout>,
     /// Payload size of the first packet: the GSO size.
@@ -34,14 +49,15 @@ pub struct Coalescer {
     udp: bool,
 }
 
-impl Coalescer {
+impl<'a> Coalescer<'a> {
     /// `udp`: UDP datagrams may be coalesced too (the TUN device accepted
     /// TUN_F_USO4/6, so the kernel takes UDP_L4 GSO writes).
     pub fn new(udp: bool) -> Self {
-        let mut buf = Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED);
-        buf.resize(VNET_HDR_LEN, 0);
         Self {
-            buf,
+            head: [0; VNET_HDR_LEN + MAX_HEADERS],
+            head_len: VNET_HDR_LEN,
+            parts: Vec::with_capacity(MAX_UDP_SEGMENTS),
+            total: 0,
             pending: None,
             segment: 0,
             count: 0,
@@ -58,7 +74,7 @@ impl Coalescer {
         {
             return None;
         }
-        if packet.len() == l.hdr {
+        if packet.len() == l.hdr || l.hdr > MAX_HEADERS {
             return None;
         }
         match l.proto {
@@ -91,9 +107,9 @@ impl Coalescer {
         if self.pending != Some(l) || self.closed {
             return false;
         }
-        let pending = &self.buf[VNET_HDR_LEN..];
+        let pending = &self.head[VNET_HDR_LEN..self.head_len];
         let payload = packet.len() - l.hdr;
-        if payload > self.segment || pending.len() + payload > MAX_COALESCED {
+        if payload > self.segment || self.total + payload > MAX_COALESCED {
             return false;
         }
         let same = |a: usize, b: usize| pending[a..b] == packet[a..b];
@@ -119,30 +135,34 @@ impl Coalescer {
 
     /// Adds a decrypted packet; `write` is called for whatever must go out
     /// first (the pending packet, or this one when it cannot be held).
-    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+    pub fn push(&mut self, packet: &'a [u8], write: &mut impl FnMut(&[IoSlice<'_>])) {
         let Some(l) = self.candidate(packet) else {
             self.flush(write);
-            self.write_alone(packet, write);
+            let h = VnetHdr::data_valid();
+            write(&[IoSlice::new(&h), IoSlice::new(packet)]);
             return;
         };
         let payload_len = packet.len() - l.hdr;
         if self.continues(packet, l) {
-            self.buf.extend_from_slice(&packet[l.hdr..]);
+            self.parts.push(&packet[l.hdr..]);
+            self.total += payload_len;
             self.count += 1;
             self.next_seq = self.next_seq.wrapping_add(payload_len as u32);
             let psh = l.proto == PROTO_TCP && packet[l.ip_len + 13] & TCP_PSH != 0;
             // A shorter packet or a PSH ends the train.
             if payload_len < self.segment || psh {
                 if psh {
-                    self.buf[VNET_HDR_LEN + l.ip_len + 13] |= TCP_PSH;
+                    self.head[VNET_HDR_LEN + l.ip_len + 13] |= TCP_PSH;
                 }
                 self.closed = true;
             }
             return;
         }
         self.flush(write);
-        self.buf.truncate(VNET_HDR_LEN);
-        self.buf.extend_from_slice(packet);
+        self.head_len = VNET_HDR_LEN + l.hdr;
+        self.head[VNET_HDR_LEN..self.head_len].copy_from_slice(&packet[..l.hdr]);
+        self.parts.push(&packet[l.hdr..]);
+        self.total = packet.len();
         self.pending = Some(l);
         self.segment = payload_len;
         self.count = 1;
@@ -153,53 +173,54 @@ impl Coalescer {
         }
     }
 
-    /// Writes a packet that cannot be coalesced (nothing is pending).
-    fn write_alone(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
-        self.buf.truncate(VNET_HDR_LEN);
-        self.buf[..VNET_HDR_LEN].copy_from_slice(&VnetHdr::data_valid());
-        self.buf.extend_from_slice(packet);
-        write(&self.buf);
-        self.buf.truncate(VNET_HDR_LEN);
-    }
-
     /// Writes the pending packet, if any.
-    pub fn flush(&mut self, write: &mut impl FnMut(&[u8])) {
+    pub fn flush(&mut self, write: &mut impl FnMut(&[IoSlice<'_>])) {
         let Some(l) = self.pending.take() else {
             return;
         };
-        if self.count == 1 {
+        let vnet = if self.count == 1 {
             let mut h = VnetHdr::data_valid();
             h[1] = GSO_NONE;
-            self.buf[..VNET_HDR_LEN].copy_from_slice(&h);
+            h
         } else {
-            let p = &mut self.buf[VNET_HDR_LEN..];
-            let total = p.len();
-            // Cannot fail: the total was kept within MAX_COALESCED.
-            let _ = l.set_lengths(p, total);
-            // Partial checksum: the pseudo-header sum; the kernel finishes it
-            // (or trusts it) per segment, as for any locally built GSO packet.
-            let pseudo = fold(l.pseudo_header_sum(p, total - l.ip_len));
-            let field = l.ip_len + l.csum_offset();
-            p[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
-            let gso_type = match (l.proto, l.is_v6) {
-                (PROTO_UDP, _) => GSO_UDP_L4,
-                (_, true) => GSO_TCPV6,
-                (_, false) => GSO_TCPV4,
-            };
-            let h = VnetHdr {
-                flags: F_NEEDS_CSUM,
-                gso_type,
-                hdr_len: l.hdr as u16,
-                gso_size: self.segment as u16,
-                csum_start: l.ip_len as u16,
-                csum_offset: l.csum_offset() as u16,
-            };
-            self.buf[..VNET_HDR_LEN].copy_from_slice(&h.to_bytes());
-        }
-        write(&self.buf);
+            self.train_headers(l)
+        };
+        self.head[..VNET_HDR_LEN].copy_from_slice(&vnet);
+        let mut iov = Vec::with_capacity(1 + self.parts.len());
+        iov.push(IoSlice::new(&self.head[..self.head_len]));
+        iov.extend(self.parts.iter().map(|p| IoSlice::new(p)));
+        write(&iov);
+        self.parts.clear();
         self.count = 0;
         self.closed = false;
-        self.buf.truncate(VNET_HDR_LEN);
+    }
+
+    /// Rewrites the pending headers for a train of `count` packets; returns
+    /// its vnet header.
+    fn train_headers(&mut self, l: Layout) -> [u8; VNET_HDR_LEN] {
+        let total = self.total;
+        let p = &mut self.head[VNET_HDR_LEN..self.head_len];
+        // Cannot fail: the total was kept within MAX_COALESCED.
+        let _ = l.set_lengths(p, total);
+        // Partial checksum: the pseudo-header sum; the kernel finishes it
+        // (or trusts it) per segment, as for any locally built GSO packet.
+        let pseudo = fold(l.pseudo_header_sum(p, total - l.ip_len));
+        let field = l.ip_len + l.csum_offset();
+        p[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+        let gso_type = match (l.proto, l.is_v6) {
+            (PROTO_UDP, _) => GSO_UDP_L4,
+            (_, true) => GSO_TCPV6,
+            (_, false) => GSO_TCPV4,
+        };
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: l.hdr as u16,
+            gso_size: self.segment as u16,
+            csum_start: l.ip_len as u16,
+            csum_offset: l.csum_offset() as u16,
+        }
+        .to_bytes()
     }
 }
 
@@ -209,9 +230,10 @@ mod tests {
     use super::super::{segment_tcp, split_read, F_DATA_VALID};
     use super::*;
 
-    fn coalesce(c: &mut Coalescer, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    fn coalesce<'a>(c: &mut Coalescer<'a>, packets: &'a [Vec<u8>]) -> Vec<Vec<u8>> {
         let mut writes: Vec<Vec<u8>> = Vec::new();
-        let mut w = |b: &[u8]| writes.push(b.to_vec());
+        let mut w =
+            |iov: &[IoSlice<'_>]| writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect());
         for p in packets {
             c.push(p, &mut w);
         }
