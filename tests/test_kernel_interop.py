@@ -34,6 +34,10 @@ either way. The one allowance is for bulk transfers: a datagram lost on the
 link (a full tap or virtio queue on a busy TCG guest) is counted by its sender
 only and TCP sends it again, so there the sender may be ahead of the receiver
 by at most BULK_LOSS_ALLOWANCE of the volume, and never behind.
+
+Rootless mode against the kernel: `wgpy forward` and `wgpy proxy` run as
+nobody in the test's namespace (no TUN, a userspace stack inside) with wg0
+as their far side; the proxy's 100 MB come from busybox httpd in the guest.
 """
 
 from __future__ import annotations
@@ -628,15 +632,14 @@ def test_psk_change_takes_effect_at_the_next_handshake(env: Env, role: str) -> N
     assert_kernel_clean(env.kernel)
 
 
-def test_rootless_forward_as_nobody_to_the_kernel(env: Env) -> None:
-    """`wgpy forward` as nobody (no TUN, no capabilities; a userspace stack
-    inside) with the kernel module as its peer: 10 MB through a TCP forward
-    arrive with an equal SHA-256."""
+def rootless_client_config(env: Env) -> str:
+    """Makes the kernel peer the far side of a rootless client; returns the
+    client's wg-quick config (tunnel address INNER[0], the kernel INNER[1])."""
     kernel, client = env.kernel, wgpy.PrivateKey.generate()
     key = wgpy.PrivateKey.generate()
     wg0 = kernel_config(key, GUEST_PORT, client.public_key(), [f"{INNER[0]}/32"])
     kernel.set_wg("wg0", wg0, [f"{INNER[1]}/24", f"{INNER6[1]}/64"])
-    config = f"""[Interface]
+    return f"""[Interface]
 PrivateKey = {client.to_base64()}
 Address = {INNER[0]}/24
 
@@ -645,21 +648,70 @@ PublicKey = {key.public_key().to_base64()}
 Endpoint = {kernel.underlay.peer_v4}:{GUEST_PORT}
 AllowedIPs = {INNER[1]}/32
 """
+
+
+def run_as_nobody(env: Env, *argv: str) -> BackgroundProcess:
+    """`wgpy ARGV...` as nobody in the test's namespace, once it listens."""
+    python, python_env = nobody_python()
+    process = env.ns.spawn([*AS_NOBODY, python, "-m", "wgpy", *argv], env=python_env)
+    wait_until(lambda: listening(process.log(), argv[0]), timeout=20, what=f"wgpy {argv[0]}")
+    return process
+
+
+def test_rootless_forward_as_nobody_to_the_kernel(env: Env) -> None:
+    """`wgpy forward` as nobody (no TUN, no capabilities; a userspace stack
+    inside) with the kernel module as its peer: 10 MB through a TCP forward
+    arrive with an equal SHA-256."""
+    kernel = env.kernel
     port, local = 5301, 9301
     sha_file = start_kernel_receiver(kernel, port)
-    with nobody_config(config) as path:
-        python, python_env = nobody_python()
-        forward = env.ns.spawn(
-            [*AS_NOBODY, python, "-m", "wgpy", "forward", str(path),
-             "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"],
-            env=python_env,
-        )  # fmt: skip
-        wait_until(lambda: listening(forward.log(), "forward"), timeout=20, what="wgpy forward")
+    with nobody_config(rootless_client_config(env)) as path:
+        forward = run_as_nobody(
+            env, "forward", str(path), "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"
+        )
         tx = start_sender(env.ns, "127.0.0.1", 10 << 20, port=local)
         tx.popen.wait(timeout=120)
         assert kernel_received_sha(kernel, sha_file) == last_json(tx)["sha256"]
         forward.stop()
         assert forward.popen.returncode == 0, forward.log()
+
+
+def test_rootless_proxy_as_nobody_to_the_kernel(env: Env) -> None:
+    """`wgpy proxy` as nobody with the kernel module as its peer: curl
+    fetches 100 MB from an HTTP server on the kernel side's tunnel address
+    through SOCKS5 (socks5h: the proxy resolves the host) and through HTTP
+    CONNECT, each with the SHA-256 the kernel side computed."""
+    require_programs("curl")
+    kernel, www, port = env.kernel, f"{env.kernel.tmp}/www", 8000
+    kernel.check(
+        f"mkdir -p {www} && dd if=/dev/urandom of={www}/blob bs=1M count=100 2>/dev/null",
+        timeout=120,
+    )
+    expected = kernel.check(f"sha256sum {www}/blob", timeout=120).split()[0]
+    config = rootless_client_config(env)  # wg0 gets INNER[1], which httpd binds
+    kernel.check(
+        f"(busybox httpd -f -p {INNER[1]}:{port} -h {www} </dev/null >/dev/null 2>&1"
+        f" & echo $! > {www}.pid)"
+    )
+    try:
+        with nobody_config(config) as path:
+            proxy = run_as_nobody(
+                env, "proxy", str(path), "--socks5", "127.0.0.1:1080", "--http", "127.0.0.1:8080"
+            )
+            url = f"http://{INNER[1]}:{port}/blob"
+            for how in (
+                "--socks5-hostname 127.0.0.1:1080",
+                "--proxytunnel --proxy http://127.0.0.1:8080",
+            ):
+                out = env.ns.run(
+                    ["bash", "-c", f"curl -sS --fail --max-time 300 {how} {url} | sha256sum"],
+                    timeout=330,
+                )
+                assert out.stdout.split()[0] == expected, f"{how}: {out.stderr}"
+            proxy.stop()
+            assert proxy.popen.returncode == 0, proxy.log()
+    finally:
+        kernel.run(f"kill $(cat {www}.pid); rm -rf {www} {www}.pid")
 
 
 @contextlib.contextmanager
