@@ -7,9 +7,11 @@
 //!   would merge it: same addresses, ports, ack, window, flags (ACK, with
 //!   PSH allowed on the last) and options; the next sequence number.
 //! - UDP (only when the device accepted UDP segmentation offload): same
-//!   addresses and ports, at most 64 datagrams (the kernel's UDP_MAX_SEGMENTS).
+//!   addresses and ports.
 //! - Both: a payload no larger than the first one's, and only the last may
-//!   be shorter; no IPv4 options or fragments; at most 64 KiB in all.
+//!   be shorter; no IPv4 options or fragments; at most 64 KiB and 64
+//!   packets in all (the kernel's UDP_MAX_SEGMENTS; for TCP it keeps the
+//!   gather list far below writev's IOV_MAX when segments are small).
 //!   Anything else is written on its own.
 //! - No copies of payloads: a coalescer lives for one batch and borrows the
 //!   packets pushed into it (the receive buffers they were opened in). Only
@@ -25,7 +27,7 @@ use super::{
 };
 
 const MAX_COALESCED: usize = 65535;
-const MAX_UDP_SEGMENTS: usize = 64;
+const MAX_SEGMENTS: usize = 64;
 /// Headers a candidate can have: IPv6 (40) and TCP with options (60).
 const MAX_HEADERS: usize = 100;
 const TCP_ACK: u8 = 0x10;
@@ -35,7 +37,8 @@ pub struct Coalescer<'a> {
     /// The vnet header, then the pending packet's headers (`head_len` in all).
     head: [u8; VNET_HDR_LEN + MAX_HEADERS],
     head_len: usize,
-    /// The pending packet's payloads, in order, borrowed from the packets.
+    /// The pending packet's payloads, in order, borrowed from the packets
+    /// (as many as packets in the train).
     parts: Vec<&'a [u8]>,
     /// Bytes of the pending packet (headers and payloads).
     total: usize,
@@ -43,7 +46,6 @@ pub struct Coalescer<'a> {
     pending: Option<Layout>,
     /// Payload size of the first packet: the GSO size.
     segment: usize,
-    count: usize,
     next_seq: u32,
     closed: bool,
     udp: bool,
@@ -56,11 +58,10 @@ impl<'a> Coalescer<'a> {
         Self {
             head: [0; VNET_HDR_LEN + MAX_HEADERS],
             head_len: VNET_HDR_LEN,
-            parts: Vec::with_capacity(MAX_UDP_SEGMENTS),
+            parts: Vec::with_capacity(MAX_SEGMENTS),
             total: 0,
             pending: None,
             segment: 0,
-            count: 0,
             next_seq: 0,
             closed: false,
             udp,
@@ -109,7 +110,10 @@ impl<'a> Coalescer<'a> {
         }
         let pending = &self.head[VNET_HDR_LEN..self.head_len];
         let payload = packet.len() - l.hdr;
-        if payload > self.segment || self.total + payload > MAX_COALESCED {
+        if payload > self.segment
+            || self.total + payload > MAX_COALESCED
+            || self.parts.len() >= MAX_SEGMENTS
+        {
             return false;
         }
         let same = |a: usize, b: usize| pending[a..b] == packet[a..b];
@@ -120,7 +124,7 @@ impl<'a> Coalescer<'a> {
         };
         let ports_same = same(l.ip_len, l.ip_len + 4);
         if l.proto == PROTO_UDP {
-            return ip_same && ports_same && self.count < MAX_UDP_SEGMENTS;
+            return ip_same && ports_same;
         }
         let ip_len = l.ip_len;
         // Ack, data offset, window (not flags: PSH may differ); options.
@@ -146,7 +150,6 @@ impl<'a> Coalescer<'a> {
         if self.continues(packet, l) {
             self.parts.push(&packet[l.hdr..]);
             self.total += payload_len;
-            self.count += 1;
             self.next_seq = self.next_seq.wrapping_add(payload_len as u32);
             let psh = l.proto == PROTO_TCP && packet[l.ip_len + 13] & TCP_PSH != 0;
             // A shorter packet or a PSH ends the train.
@@ -165,7 +168,6 @@ impl<'a> Coalescer<'a> {
         self.total = packet.len();
         self.pending = Some(l);
         self.segment = payload_len;
-        self.count = 1;
         self.closed = false;
         if l.proto == PROTO_TCP {
             self.next_seq = Self::seq(packet, l.ip_len).wrapping_add(payload_len as u32);
@@ -178,7 +180,7 @@ impl<'a> Coalescer<'a> {
         let Some(l) = self.pending.take() else {
             return;
         };
-        let vnet = if self.count == 1 {
+        let vnet = if self.parts.len() == 1 {
             let mut h = VnetHdr::data_valid();
             h[1] = GSO_NONE;
             h
@@ -186,16 +188,17 @@ impl<'a> Coalescer<'a> {
             self.train_headers(l)
         };
         self.head[..VNET_HDR_LEN].copy_from_slice(&vnet);
-        let mut iov = Vec::with_capacity(1 + self.parts.len());
-        iov.push(IoSlice::new(&self.head[..self.head_len]));
-        iov.extend(self.parts.iter().map(|p| IoSlice::new(p)));
-        write(&iov);
+        let mut iov = [IoSlice::new(&[]); 1 + MAX_SEGMENTS];
+        iov[0] = IoSlice::new(&self.head[..self.head_len]);
+        for (slot, part) in iov[1..].iter_mut().zip(&self.parts) {
+            *slot = IoSlice::new(part);
+        }
+        write(&iov[..1 + self.parts.len()]);
         self.parts.clear();
-        self.count = 0;
         self.closed = false;
     }
 
-    /// Rewrites the pending headers for a train of `count` packets; returns
+    /// Rewrites the pending headers for a train of several packets; returns
     /// its vnet header.
     fn train_headers(&mut self, l: Layout) -> [u8; VNET_HDR_LEN] {
         let total = self.total;
@@ -230,10 +233,19 @@ mod tests {
     use super::super::{segment_tcp, split_read, F_DATA_VALID};
     use super::*;
 
+    /// writev's limit on pieces (IOV_MAX on Linux).
+    const IOV_MAX: usize = 1024;
+
     fn coalesce<'a>(c: &mut Coalescer<'a>, packets: &'a [Vec<u8>]) -> Vec<Vec<u8>> {
         let mut writes: Vec<Vec<u8>> = Vec::new();
-        let mut w =
-            |iov: &[IoSlice<'_>]| writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect());
+        let mut w = |iov: &[IoSlice<'_>]| {
+            assert!(
+                iov.len() <= IOV_MAX,
+                "{} pieces: writev refuses them",
+                iov.len()
+            );
+            writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect())
+        };
         for p in packets {
             c.push(p, &mut w);
         }
@@ -259,6 +271,23 @@ mod tests {
         let mut again: Vec<Vec<u8>> = Vec::new();
         let mut read = writes[0].clone();
         split_read(&mut read, &mut scratch, |p| again.push(p.to_vec())).expect("re-segment");
+        assert_eq!(again, pieces);
+    }
+
+    #[test]
+    fn a_train_of_small_segments_stays_within_writev_limits() {
+        // 2,000 segments of 10 bytes fit in 64 KiB, but not in one writev.
+        let big = tcp_v4(20_000, 0x10);
+        let mut scratch = Vec::new();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        segment_tcp(&big, 10, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
+        let writes = coalesce(&mut Coalescer::new(false), &pieces);
+        assert_eq!(writes.len(), pieces.len().div_ceil(MAX_SEGMENTS));
+        let mut again: Vec<Vec<u8>> = Vec::new();
+        for w in &writes {
+            let mut read = w.clone();
+            split_read(&mut read, &mut scratch, |p| again.push(p.to_vec())).expect("split");
+        }
         assert_eq!(again, pieces);
     }
 
