@@ -359,6 +359,7 @@ class Netstack:
     (host, port))."""
 
     UDP_ADDR_LEN: ClassVar[int]
+    DEFAULT_TCP_SEND_BUFFER: ClassVar[int]
     def __new__(
         cls,
         addresses: list[tuple[str, int]],

@@ -26,6 +26,10 @@ from wgpy.userspace import DEFAULT_TCP_SEND_BUFFER, UserspaceDevice
 # Sets up the listeners and returns the "listening on" line.
 Serve = Callable[[UserspaceDevice, trio.Nursery], Awaitable[str]]
 
+# What the user can act on: said in one line, exit status 1 (anything else
+# is a bug, and its traceback is kept).
+_ONE_LINE_ERRORS = (ConfigError, OSError, ValueError, DatapathError)
+
 
 def host_port(text: str) -> tuple[str, int]:
     """HOST:PORT, [V6]:PORT or PORT (loopback), for argparse."""
@@ -112,13 +116,13 @@ def run(
     try:
         config = load_config(config_path)
         trio.run(_run, config, serve, tcp_send_buffer)
-    except (ConfigError, OSError, ValueError, DatapathError) as e:
+    except _ONE_LINE_ERRORS as e:
         print(f"wgpy {command}: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         # A listener that cannot bind fails inside the nursery: one line too.
         leaf = _only_error(group)
-        if not isinstance(leaf, (ConfigError, OSError, ValueError, DatapathError)):
+        if not isinstance(leaf, _ONE_LINE_ERRORS):
             raise
         print(f"wgpy {command}: {leaf}", file=sys.stderr)
         return 1

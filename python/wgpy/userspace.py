@@ -41,11 +41,9 @@ log = logging.getLogger("wgpy")
 # Bytes each TCP connection buffers to receive inside the stack (its window).
 DEFAULT_TCP_BUFFER = 256 * 1024
 # Bytes each TCP connection buffers to send inside the stack: its most in
-# flight. Small enough that a burst does not overflow the far side's UDP
-# socket (smoltcp recovers from a loss only by a timeout; the reasons are in
-# rust/src/netstack/tcp.rs); a long path wants more (about this much per
-# round trip: 64 KiB over 50 ms is 10 Mbit/s).
-DEFAULT_TCP_SEND_BUFFER = 64 * 1024
+# flight (the stack's own default; why, in rust/src/netstack/tcp.rs). A long
+# path wants more: about this much per round trip.
+DEFAULT_TCP_SEND_BUFFER = Netstack.DEFAULT_TCP_SEND_BUFFER
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 StreamHandler = Callable[[trio.SocketStream], Awaitable[object]]

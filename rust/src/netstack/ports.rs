@@ -46,7 +46,6 @@ pub(crate) struct Ports {
 
 impl Ports {
     fn with<R>(&self, proto: Proto, f: impl FnOnce(&mut Table) -> R) -> R {
-        // A thread that panicked has aborted the process (datapath/thread.rs).
         let mut tables = lock(&self.tables);
         f(&mut tables[proto as usize])
     }

@@ -155,4 +155,9 @@ impl PyNetstack {
     /// Bytes of the address prefix on every UDP datagram (udp_bind).
     #[classattr]
     const UDP_ADDR_LEN: usize = UDP_ADDR_LEN;
+
+    /// Each TCP connection's send buffer unless the embedder says otherwise
+    /// (why this size: rust/src/netstack/tcp.rs).
+    #[classattr]
+    const DEFAULT_TCP_SEND_BUFFER: usize = netstack::DEFAULT_TCP_SEND_BUFFER;
 }
