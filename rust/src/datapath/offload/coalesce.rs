@@ -233,6 +233,13 @@ mod tests {
     use super::super::{segment_tcp, split_read, F_DATA_VALID};
     use super::*;
 
+    /// A TCP packet cut into segments of `mss` payload bytes.
+    fn tcp_pieces(big: Vec<u8>, mss: usize) -> Vec<Vec<u8>> {
+        let mut pieces = Vec::new();
+        segment_tcp(&big, mss, &mut Vec::new(), |p| pieces.push(p.to_vec())).expect("segment");
+        pieces
+    }
+
     /// writev's limit on pieces (IOV_MAX on Linux).
     const IOV_MAX: usize = 1024;
 
@@ -256,10 +263,8 @@ mod tests {
     #[test]
     fn coalesced_train_resegments_to_the_original() {
         // Cut a big packet, coalesce the pieces, cut the result again: same pieces.
-        let big = tcp_v4(5000, 0x10 | TCP_PSH);
+        let pieces = tcp_pieces(tcp_v4(5000, 0x10 | TCP_PSH), 1400);
         let mut scratch = Vec::new();
-        let mut pieces: Vec<Vec<u8>> = Vec::new();
-        segment_tcp(&big, 1400, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
         let writes = coalesce(&mut Coalescer::new(false), &pieces);
         assert_eq!(writes.len(), 1, "one write for the whole train");
         let h = VnetHdr::parse(&writes[0]).expect("hdr");
@@ -277,10 +282,8 @@ mod tests {
     #[test]
     fn a_train_of_small_segments_stays_within_writev_limits() {
         // 2,000 segments of 10 bytes fit in 64 KiB, but not in one writev.
-        let big = tcp_v4(20_000, 0x10);
+        let pieces = tcp_pieces(tcp_v4(20_000, 0x10), 10);
         let mut scratch = Vec::new();
-        let mut pieces: Vec<Vec<u8>> = Vec::new();
-        segment_tcp(&big, 10, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
         let writes = coalesce(&mut Coalescer::new(false), &pieces);
         assert_eq!(writes.len(), pieces.len().div_ceil(MAX_SEGMENTS));
         let mut again: Vec<Vec<u8>> = Vec::new();
@@ -293,10 +296,7 @@ mod tests {
 
     #[test]
     fn coalescing_stops_at_gaps_and_other_flows() {
-        let big = tcp_v4(4200, 0x10);
-        let mut scratch = Vec::new();
-        let mut pieces: Vec<Vec<u8>> = Vec::new();
-        segment_tcp(&big, 1400, &mut scratch, |p| pieces.push(p.to_vec())).expect("segment");
+        let pieces = tcp_pieces(tcp_v4(4200, 0x10), 1400);
         let mut other = pieces[1].clone();
         other[22] ^= 1; // another destination port
         let udp_packet = udp(false, 100);
