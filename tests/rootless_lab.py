@@ -40,6 +40,22 @@ def listening(log: str, command: str) -> bool:
     )
 
 
+def spawn_as_nobody(ns: Namespace, command: str, config: Path, *args: str) -> BackgroundProcess:
+    """`python -m wgpy COMMAND CONFIG ARGS` as nobody in `ns`; returns once
+    it printed its "listening" line."""
+    python, env = nobody_python()
+    argv = [*AS_NOBODY, python, "-m", "wgpy", command, str(config), *args]
+    env["LOG_LEVEL"] = os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")
+    process = ns.spawn(argv, env=env)
+    wait_until(
+        lambda: listening(process.log(), command) or not process.alive(),
+        timeout=20,
+        what=f"wgpy {command} to listen",
+    )
+    assert process.alive(), process.log()
+    return process
+
+
 @dataclass
 class RootlessLab:
     lab: NetnsLab
@@ -70,18 +86,7 @@ AllowedIPs = 10.200.0.0/24, fd00:200::/64
     def run_as_nobody(self, command: str, *args: str) -> BackgroundProcess:
         """`python -m wgpy COMMAND CONFIG ARGS` as nobody in the client
         namespace; returns once it printed its "listening" line."""
-        config = self.write_config()
-        python, env = nobody_python()
-        argv = [*AS_NOBODY, python, "-m", "wgpy", command, str(config), *args]
-        env["LOG_LEVEL"] = os.environ.get("WGPY_TEST_LOG_LEVEL", "verbose")
-        process = self.client_ns.spawn(argv, env=env)
-        wait_until(
-            lambda: listening(process.log(), command) or not process.alive(),
-            timeout=20,
-            what=f"wgpy {command} to listen",
-        )
-        assert process.alive(), process.log()
-        return process
+        return spawn_as_nobody(self.client_ns, command, self.write_config(), *args)
 
     def serve_far(self, *argv: str) -> BackgroundProcess:
         """A far-side server (tests/rootless_servers.py or any command)."""

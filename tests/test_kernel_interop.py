@@ -63,8 +63,7 @@ from netns import (
     require_tun,
     wait_until,
 )
-from nobody import nobody_python
-from rootless_lab import AS_NOBODY, listening, nobody_config
+from rootless_lab import nobody_config, spawn_as_nobody
 from transfer import last_json, start_receiver, start_sender
 from wgnet import Node, PeerDump, endpoint_text, find_peer, start_node, write_secret
 
@@ -650,14 +649,6 @@ AllowedIPs = {INNER[1]}/32
 """
 
 
-def run_as_nobody(env: Env, *argv: str) -> BackgroundProcess:
-    """`wgpy ARGV...` as nobody in the test's namespace, once it listens."""
-    python, python_env = nobody_python()
-    process = env.ns.spawn([*AS_NOBODY, python, "-m", "wgpy", *argv], env=python_env)
-    wait_until(lambda: listening(process.log(), argv[0]), timeout=20, what=f"wgpy {argv[0]}")
-    return process
-
-
 def test_rootless_forward_as_nobody_to_the_kernel(env: Env) -> None:
     """`wgpy forward` as nobody (no TUN, no capabilities; a userspace stack
     inside) with the kernel module as its peer: 10 MB through a TCP forward
@@ -666,8 +657,8 @@ def test_rootless_forward_as_nobody_to_the_kernel(env: Env) -> None:
     port, local = 5301, 9301
     sha_file = start_kernel_receiver(kernel, port)
     with nobody_config(rootless_client_config(env)) as path:
-        forward = run_as_nobody(
-            env, "forward", str(path), "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"
+        forward = spawn_as_nobody(
+            env.ns, "forward", path, "--tcp", f"127.0.0.1:{local}={INNER[1]}:{port}"
         )
         tx = start_sender(env.ns, "127.0.0.1", 10 << 20, port=local)
         tx.popen.wait(timeout=120)
@@ -695,8 +686,8 @@ def test_rootless_proxy_as_nobody_to_the_kernel(env: Env) -> None:
     )
     try:
         with nobody_config(config) as path:
-            proxy = run_as_nobody(
-                env, "proxy", str(path), "--socks5", "127.0.0.1:1080", "--http", "127.0.0.1:8080"
+            proxy = spawn_as_nobody(
+                env.ns, "proxy", path, "--socks5", "127.0.0.1:1080", "--http", "127.0.0.1:8080"
             )
             url = f"http://{INNER[1]}:{port}/blob"
             for how in (
