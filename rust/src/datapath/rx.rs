@@ -21,9 +21,10 @@
 //!   batch to the crypto pipeline (pipeline.rs) with a ticket of the lane's
 //!   receive order (sequence.rs). Opened batches are accepted and delivered
 //!   in ticket order, one thread at a time, through a coalescer that borrows
-//!   the batch's buffers (no copies) into the lane's TUN queue: a peer's packets (one source address, so one
-//!   socket of the port's group, so one lane) reach the inside in the order
-//!   they arrived. With no workers the lane does it all itself, at once.
+//!   the batch's buffers (no copies) into the lane's TUN queue: a peer's
+//!   packets (one source address, so one socket of the port's group, so one
+//!   lane) reach the inside in the order they arrived. With no workers the
+//!   lane does it all itself, at once.
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
