@@ -10,11 +10,20 @@ import time
 from pathlib import Path
 
 from netns import NetnsLab
-from registry_lab import build, gateway_address, random_peers, wait_converged
-from wgnet import WGPY, WIREGUARD_GO
+from registry_lab import RegistryLab, build, gateway_address, random_peers, wait_converged
+from wgnet import WGPY, WIREGUARD_GO, Node
 
 OUTAGE = 30.0
 PING_INTERVAL = 0.5
+
+
+def connected_reconnects(lab: RegistryLab, gateway: Node) -> int:
+    """The gateway's reconnect count, once it is connected."""
+    deadline = time.monotonic() + 10
+    while (registry := lab.show(gateway)["registry"])["state"] != "connected":  # type: ignore[index]
+        assert time.monotonic() < deadline, f"not connected: {registry}"
+        time.sleep(0.2)
+    return int(registry["reconnects"])  # type: ignore[index]
 
 
 def test_etcd_outage(netns_lab: NetnsLab, tmp_path: Path) -> None:
@@ -44,6 +53,10 @@ def test_etcd_outage(netns_lab: NetnsLab, tmp_path: Path) -> None:
             for i in range(1, len(lab.gateways) + 1)
         ]
         time.sleep(1.0)
+        # Counted from here: on a loaded machine (this test runs beside the
+        # main suite) etcd can leave a health probe unanswered for its 2 s
+        # before the outage, and that gateway then reconnects once more.
+        reconnects = {g.iface: connected_reconnects(lab, g) for g in lab.gateways}
         lab.etcd.stop()
         stopped = time.monotonic()
         for gateway in lab.gateways:
@@ -68,7 +81,8 @@ def test_etcd_outage(netns_lab: NetnsLab, tmp_path: Path) -> None:
         )
         for gateway in lab.gateways:
             registry = lab.show(gateway)["registry"]
-            assert registry["state"] == "connected" and registry["reconnects"] == 1, registry  # type: ignore[index]
+            assert registry["state"] == "connected", registry  # type: ignore[index]
+            assert registry["reconnects"] == reconnects[gateway.iface] + 1, registry  # type: ignore[index]
         for ping in pings:
             ping.popen.wait(timeout=OUTAGE + 30)
             received = int(re.search(r"(\d+) received", ping.log()).group(1))  # type: ignore[union-attr]
