@@ -94,7 +94,9 @@ def test_snapshot_then_watch(etcd: EtcdServer) -> None:
         assert len(want) == 310
         await until(lambda: device.state() == want, timeout=5, what="watched changes applied")
         report = sync.report()
-        assert (report.reloads, report.reconnects, report.refused) == (1, 0, 0)
+        # One snapshot, then the watch; a reconnect, should a health probe go
+        # unanswered on a loaded machine, resumes the watch without a reload.
+        assert (report.reloads, report.refused) == (1, 0)
         assert report.owned == frozenset(device.peers_by_key)
 
     async def prepare() -> None:
@@ -204,9 +206,17 @@ def test_reconnect_resumes_and_compaction_reloads(etcd: EtcdServer) -> None:
     first = [entry(new_key(), f"10.6.0.{i}/32") for i in range(20)]
     events: list[DeviceEvent] = []
 
+    def registry_events(since: int) -> list[str]:
+        return [e.kind for e in events[since:] if e.kind.startswith("registry_")]
+
     async def outage(
         sync: RegistrySync, admin: RegistryAdmin, device: RegistryFakeDevice, compact: bool
     ) -> None:
+        # Counted from just before the cut: on a loaded machine a health probe
+        # may go unanswered before it and add a reconnect of its own (seen
+        # with tests/test_registry_outage.py beside the main suite).
+        await until(lambda: sync.report().state == "connected", timeout=5, what="connected")
+        start, seen = sync.report(), len(events)
         before = device.state()
         proxy.cut()
         await until(lambda: sync.report().state == "disconnected", timeout=3, what="disconnect")
@@ -225,18 +235,18 @@ def test_reconnect_resumes_and_compaction_reloads(etcd: EtcdServer) -> None:
         # After a compaction the snapshot is applied before the watch opens,
         # and only an open watch counts as connected.
         await until(lambda: sync.report().state == "connected", timeout=5, what="connected")
+        end = sync.report()
+        reloaded = end.reloads - start.reloads
+        assert (end.reconnects - start.reconnects, reloaded) == (1, int(compact)), "one reconnect"
+        assert registry_events(seen) == ["registry_disconnected", "registry_connected"]
 
     async def body(sync: RegistrySync, admin: RegistryAdmin, device: RegistryFakeDevice) -> None:
         await admin.import_peers(first)
         await until(lambda: len(device.peers) == 20, timeout=5, what="first peers")
-        await outage(sync, admin, device, compact=False)
-        assert (sync.report().reconnects, sync.report().reloads) == (1, 1), "resumed"
-        await outage(sync, admin, device, compact=True)
-        assert (sync.report().reconnects, sync.report().reloads) == (2, 2), "reloaded"
+        await outage(sync, admin, device, compact=False)  # resumed from the last revision
+        await outage(sync, admin, device, compact=True)  # reloaded from a new snapshot
 
     run(etcd, body, proxy=proxy, events=events)
-    kinds = [e.kind for e in events if e.kind.startswith("registry_")]
-    assert kinds.count("registry_disconnected") == 2 and kinds.count("registry_connected") == 3
 
 
 def test_silent_etcd_is_noticed(etcd: EtcdServer) -> None:
