@@ -20,6 +20,7 @@ from wgnet import (
     make_pair,
     start_node,
 )
+from wgpy.tun import OFFLOAD_ENV
 
 PAIRS = [(WGPY, WIREGUARD_GO), (WIREGUARD_GO, WGPY), (WGPY, WGPY)]
 
@@ -78,6 +79,19 @@ def test_tcp_over_inner_ipv6_is_intact(netns_lab: NetnsLab, impls: tuple[str, st
     assert pair.a.ping(INNER_V6[1])
     result = tcp_transfer(pair.a.ns, pair.b.ns, INNER_V6[1], 64 * 1024 * 1024)
     assert result.received_bytes == result.sent_bytes == 64 * 1024 * 1024
+    assert result.received_sha256 == result.sent_sha256
+
+
+def test_tcp_transfer_without_tun_offloads_is_intact(netns_lab: NetnsLab) -> None:
+    """Without TUN offloads (an older kernel, or WGPY_TUN_OFFLOAD=0) every
+    packet is read and written on its own, with no vnet header."""
+    pair = make_pair(netns_lab, WGPY, WGPY, env={OFFLOAD_ENV: "0"})
+    for node in (pair.a, pair.b):
+        details = node.ns.ip("-d", "link", "show", "dev", node.iface).stdout
+        assert "vnet_hdr off" in details, details
+    assert pair.a.ping(INNER_V4[1])
+    result = tcp_transfer(pair.a.ns, pair.b.ns, INNER_V4[1], 32 * 1024 * 1024)
+    assert result.received_bytes == result.sent_bytes == 32 * 1024 * 1024
     assert result.received_sha256 == result.sent_sha256
 
 
