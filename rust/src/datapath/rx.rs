@@ -174,7 +174,7 @@ impl OpenJob {
             }
         }
         accepting.finish();
-        coalescer.flush(&mut |iov: &[IoSlice<'_>]| tun_writev(shared, tun, iov));
+        coalescer.flush(&mut |iov: &[IoSlice<'_>]| tun_write(shared, tun, iov));
         if let Some(stack) = shared.inside.stack() {
             stack.batch_done();
         }
@@ -407,13 +407,9 @@ impl<'s> Accepting<'s> {
     }
 }
 
-fn tun_write(shared: &Shared, tun: RawFd, b: &[u8]) {
-    if sys::write(tun, b).is_err() {
-        DeviceCounters::one(&shared.counters.rx_tun_errors);
-    }
-}
-
-fn tun_writev(shared: &Shared, tun: RawFd, iov: &[IoSlice<'_>]) {
+/// Writes one packet (gathered from `iov`) to the TUN queue; a failure is
+/// counted, and the packet is dropped.
+fn tun_write(shared: &Shared, tun: RawFd, iov: &[IoSlice<'_>]) {
     if sys::writev(tun, iov).is_err() {
         DeviceCounters::one(&shared.counters.rx_tun_errors);
     }
@@ -432,9 +428,9 @@ fn deliver<'a>(
         stack.deliver(packet);
     } else if shared.vnet_hdr {
         coalescer.push(packet, &mut |iov: &[IoSlice<'_>]| {
-            tun_writev(shared, tun, iov)
+            tun_write(shared, tun, iov)
         });
     } else {
-        tun_write(shared, tun, packet);
+        tun_write(shared, tun, &[IoSlice::new(packet)]);
     }
 }

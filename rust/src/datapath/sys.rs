@@ -250,11 +250,6 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
-pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads buf.len() bytes from buf.
-    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
-}
-
 /// Writes the gathered pieces as one write (one packet on a TUN device).
 pub fn writev(fd: RawFd, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
     let n =
