@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from netns import NetnsLab
+from netns import NetnsLab, wait_until
 from registry_lab import RegistryLab, build, gateway_address, random_peers, wait_converged
 from wgnet import WGPY, WIREGUARD_GO, Node
 
@@ -19,11 +19,17 @@ PING_INTERVAL = 0.5
 
 def connected_reconnects(lab: RegistryLab, gateway: Node) -> int:
     """The gateway's reconnect count, once it is connected."""
-    deadline = time.monotonic() + 10
-    while (registry := lab.show(gateway)["registry"])["state"] != "connected":  # type: ignore[index]
-        assert time.monotonic() < deadline, f"not connected: {registry}"
-        time.sleep(0.2)
-    return int(registry["reconnects"])  # type: ignore[index]
+
+    def registry() -> dict[str, object]:
+        return lab.show(gateway)["registry"]  # type: ignore[return-value]
+
+    wait_until(
+        lambda: registry()["state"] == "connected",
+        timeout=10,
+        interval=0.2,
+        what=f"{gateway.iface} connected to etcd",
+    )
+    return int(registry()["reconnects"])  # type: ignore[call-overload]
 
 
 def test_etcd_outage(netns_lab: NetnsLab, tmp_path: Path) -> None:
